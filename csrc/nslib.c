@@ -1,0 +1,333 @@
+/* SPDX-License-Identifier: Apache-2.0
+ *
+ * nslib's C core.  Every function follows the libc convention (-1 and
+ * errno) unless it documents a code of its own, never touches the Python C
+ * API, and is called by cffi with the GIL released.  Namespaces are per
+ * thread, so everything here means the *calling thread*.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+#include <linux/nsfs.h>
+
+#define NSLIB_ABI 1
+
+#define NSLIB_ENOTNS -2		/* the file is not a namespace at all */
+#define NSLIB_EWRONGTYPE -3	/* a namespace, but not a network one */
+#define NSLIB_EPOISONED -4	/* a restore failed on this thread earlier */
+#define NSLIB_EORDER -5		/* leave() of a switch that is not innermost */
+
+#define NSLIB_SELF "/proc/thread-self/ns/net"
+#define NSLIB_MAX_DEPTH 64
+
+/*
+ * Per-thread switching state, kept in C so that a switch is one call and
+ * nothing can leak between steps.
+ *
+ * `saved[i]` is where the thread was before the enter that took it to depth
+ * i+1.  Opening /proc/thread-self/ns/net costs more than the two setns() of
+ * a switch, so the thread's home (depth 0) is opened once per thread and
+ * kept; a pthread key destructor closes it when the thread exits.  A nested
+ * enter opens the current namespace afresh rather than trusting the outer
+ * target's fd, which the caller may have closed (and the kernel reused).
+ */
+struct nslib_thread {
+	int home;		/* fd + 1, so that zeroed TLS means "not open" */
+	int depth;
+	int poisoned;
+	int saved[NSLIB_MAX_DEPTH];
+};
+
+static __thread struct nslib_thread nslib_t;
+static pthread_key_t nslib_key;
+static pthread_once_t nslib_key_once = PTHREAD_ONCE_INIT;
+
+static void nslib_thread_exit(void *arg)
+{
+	struct nslib_thread *t = arg;
+
+	while (t->depth > 1)
+		close(t->saved[--t->depth]);
+	t->depth = 0;
+	if (t->home > 0)
+		close(t->home - 1);
+	t->home = 0;
+}
+
+static void nslib_make_key(void)
+{
+	pthread_key_create(&nslib_key, nslib_thread_exit);
+}
+
+static int nslib_setns(int fd, int nstype) { return setns(fd, nstype); }
+static int nslib_unshare(int flags) { return unshare(flags); }
+
+static int nslib_mount(const char *src, const char *target, const char *fstype,
+		       unsigned long flags, const char *data)
+{
+	return mount(src, target, fstype, flags, data);
+}
+
+static int nslib_umount2(const char *target, int flags)
+{
+	return umount2(target, flags);
+}
+
+/* The calling thread's namespace; /proc/self would be the main thread's. */
+static int nslib_open_current(void)
+{
+	return open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
+}
+
+/* 0 if fd is a network namespace, NSLIB_ENOTNS / NSLIB_EWRONGTYPE if not. */
+static int nslib_check_netns(int fd, int *nstype)
+{
+	int type = ioctl(fd, NS_GET_NSTYPE);
+
+	*nstype = type < 0 ? 0 : type;
+	if (type < 0)
+		return errno == EBADF ? -1 : NSLIB_ENOTNS;
+	return type == CLONE_NEWNET ? 0 : NSLIB_EWRONGTYPE;
+}
+
+/* open + check in one call, so a rejected file never leaks its fd. */
+static int nslib_open_netns(int dirfd, const char *path, int *nstype)
+{
+	int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+	int rc, err;
+
+	*nstype = 0;
+	if (fd < 0)
+		return -1;
+	rc = nslib_check_netns(fd, nstype);
+	if (rc != 0) {
+		err = errno;
+		close(fd);
+		errno = err;
+		return rc;
+	}
+	return fd;
+}
+
+/* The thread's home fd, opened on first use. */
+static int nslib_home(struct nslib_thread *t)
+{
+	int fd;
+
+	if (t->home > 0)
+		return t->home - 1;
+	fd = open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	pthread_once(&nslib_key_once, nslib_make_key);
+	if (pthread_setspecific(nslib_key, t) != 0) {
+		close(fd);
+		errno = ENOMEM;
+		return -1;
+	}
+	t->home = fd + 1;
+	return fd;
+}
+
+/*
+ * Join `target`, remembering where the thread was.  Returns the new depth.
+ * On any failure nothing is pushed, nothing leaks and the thread has not
+ * moved.
+ */
+static int nslib_enter(int target)
+{
+	struct nslib_thread *t = &nslib_t;
+	int prev, err;
+
+	if (t->poisoned)
+		return NSLIB_EPOISONED;
+	if (t->depth >= NSLIB_MAX_DEPTH) {
+		errno = EOVERFLOW;
+		return -1;
+	}
+	prev = t->depth ? open(NSLIB_SELF, O_RDONLY | O_CLOEXEC) : nslib_home(t);
+	if (prev < 0)
+		return -1;
+	if (setns(target, CLONE_NEWNET) < 0) {
+		err = errno;
+		if (t->depth)
+			close(prev);
+		errno = err;
+		return -1;
+	}
+	t->saved[t->depth++] = prev;
+	return t->depth;
+}
+
+/*
+ * Undo the innermost nslib_enter(), which returned `depth`; a leave out of
+ * order changes nothing and returns NSLIB_EORDER.  If the kernel refuses to
+ * take the thread back, the thread is poisoned: every later enter fails with
+ * NSLIB_EPOISONED rather than run code in the wrong namespace.
+ */
+static int nslib_leave(int depth)
+{
+	struct nslib_thread *t = &nslib_t;
+	int prev, rc, err;
+
+	if (t->depth <= 0 || t->depth != depth)
+		return NSLIB_EORDER;
+	prev = t->saved[--t->depth];
+	rc = setns(prev, CLONE_NEWNET);
+	err = errno;
+	if (t->depth > 0)
+		close(prev);
+	if (rc < 0) {
+		t->poisoned = 1;
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
+
+static int nslib_depth(void) { return nslib_t.depth; }
+static int nslib_poisoned(void) { return nslib_t.poisoned; }
+
+/* Join for good (a pinned worker): no save, but honour the poison flag. */
+static int nslib_join(int target)
+{
+	if (nslib_t.poisoned)
+		return NSLIB_EPOISONED;
+	return setns(target, CLONE_NEWNET);
+}
+
+/*
+ * socket(2) inside `target`: join, create, restore.  No Python runs in
+ * between, so no other code can observe the foreign namespace.
+ */
+static int nslib_socket_in(int target, int family, int type, int proto)
+{
+	int sock, err;
+	int rc = nslib_enter(target);
+
+	if (rc < 0)
+		return rc;
+	sock = socket(family, type | SOCK_CLOEXEC, proto);
+	err = errno;
+	if (nslib_leave(rc) < 0) {
+		err = errno;
+		if (sock >= 0)
+			close(sock);
+		errno = err;
+		return -1;
+	}
+	errno = err;
+	return sock;
+}
+
+/*
+ * Creating a namespace needs unshare(), which moves the caller for good.  Do
+ * it on a throwaway pthread instead, so no thread the caller owns ever
+ * changes namespace and there is nothing to restore.
+ */
+struct nslib_newns {
+	const char *placeholder;	/* bind-mount target, or NULL */
+	int fd;				/* out: an fd of the new namespace */
+	int err;
+};
+
+static void *nslib_newns_thread(void *arg)
+{
+	struct nslib_newns *job = arg;
+
+	job->fd = -1;
+	job->err = 0;
+	if (unshare(CLONE_NEWNET) < 0)
+		goto fail;
+	if (job->placeholder) {
+		if (mount(NSLIB_SELF, job->placeholder, "none", MS_BIND, NULL) < 0)
+			goto fail;
+		return NULL;
+	}
+	job->fd = open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
+	if (job->fd < 0)
+		goto fail;
+	return NULL;
+fail:
+	job->err = errno;
+	return NULL;
+}
+
+static int nslib_run_newns(struct nslib_newns *job)
+{
+	pthread_attr_t attr;
+	pthread_t tid;
+	int rc;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, 64 * 1024);
+	rc = pthread_create(&tid, &attr, nslib_newns_thread, job);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		errno = rc;
+		return -1;
+	}
+	pthread_join(tid, NULL);
+	if (job->err) {
+		errno = job->err;
+		return -1;
+	}
+	return 0;
+}
+
+/* A new, anonymous network namespace; returns an fd that keeps it alive. */
+static int nslib_new_netns(void)
+{
+	struct nslib_newns job = { .placeholder = NULL };
+
+	if (nslib_run_newns(&job) < 0)
+		return -1;
+	return job.fd;
+}
+
+/* A new network namespace bind-mounted onto an existing placeholder file. */
+static int nslib_create_netns_at(const char *placeholder)
+{
+	struct nslib_newns job = { .placeholder = placeholder };
+
+	return nslib_run_newns(&job);
+}
+
+/*
+ * `ip netns exec` on the calling thread, which must be a dedicated one:
+ * join the namespace, take a private mount namespace and remount /sys so it
+ * shows the namespace's devices.  As in iproute2, a /sys that cannot be
+ * unmounted is tolerated and a read-only one stays read-only.
+ */
+static int nslib_prepare_exec(int netfd)
+{
+	unsigned long flags = 0;
+	struct statvfs st;
+
+	if (nslib_t.poisoned)
+		return NSLIB_EPOISONED;
+	if (setns(netfd, CLONE_NEWNET) < 0)
+		return -1;
+	if (unshare(CLONE_NEWNS) < 0)
+		return -1;
+	if (mount("", "/", "none", MS_SLAVE | MS_REC, NULL) < 0)
+		return -1;
+	if (umount2("/sys", MNT_DETACH) < 0) {
+		if (statvfs("/sys", &st) == 0 && (st.f_flag & ST_RDONLY))
+			flags = MS_RDONLY;
+	}
+	if (mount("sysfs", "/sys", "sysfs", flags, NULL) < 0)
+		return -1;
+	return 0;
+}

@@ -1,0 +1,208 @@
+"""The C boundary: typed wrappers over ``nslib._native``.
+
+This is the only module that imports the built extension.  Each wrapper
+reads ``ffi.errno`` immediately after its call (the next C call would
+overwrite it) and raises an ``OSError`` that names what was being done.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import NoReturn
+
+from . import _native
+from .errors import NamespaceRestoreError, NotANamespace, oserror
+
+ffi = _native.ffi
+lib = _native.lib
+
+# A stale .so in an editable checkout would silently miss newer shims.
+_ABI = 1
+if lib.NSLIB_ABI != _ABI:  # pragma: no cover
+    raise ImportError(f"nslib._native ABI {lib.NSLIB_ABI} != {_ABI}; rebuild (pip install -e .)")
+
+CLONE_NEWNET: int = lib.CLONE_NEWNET
+CLONE_NEWNS: int = lib.CLONE_NEWNS
+MNT_DETACH: int = lib.MNT_DETACH
+MS_BIND: int = lib.MS_BIND
+MS_REC: int = lib.MS_REC
+MS_SHARED: int = lib.MS_SHARED
+MS_PRIVATE: int = lib.MS_PRIVATE
+MS_SLAVE: int = lib.MS_SLAVE
+MS_RDONLY: int = lib.MS_RDONLY
+AT_FDCWD = -100
+
+_ENOTNS: int = lib.NSLIB_ENOTNS
+_EWRONGTYPE: int = lib.NSLIB_EWRONGTYPE
+_EPOISONED: int = lib.NSLIB_EPOISONED
+EORDER: int = lib.NSLIB_EORDER
+
+# The switching hot path calls these directly and checks the return itself.
+raw_enter = lib.nslib_enter
+raw_leave = lib.nslib_leave
+
+_NSTYPES = {
+    0x00020000: "mnt",
+    0x02000000: "cgroup",
+    0x04000000: "uts",
+    0x08000000: "ipc",
+    0x10000000: "user",
+    0x20000000: "pid",
+    0x40000000: "net",
+    0x00000080: "time",
+}
+
+
+def fail(rc: int, what: str, path: str | None = None, nstype: int = 0) -> NoReturn:
+    err = ffi.errno  # first: any later C call overwrites it
+    if rc == _ENOTNS:
+        raise NotANamespace(f"not a namespace: {what}")
+    if rc == _EWRONGTYPE:
+        kind = _NSTYPES.get(nstype, hex(nstype))
+        raise NotANamespace(f"a {kind} namespace, not a network namespace: {what}")
+    if rc == _EPOISONED:
+        raise poisoned_error(what)
+    raise oserror(err, what, path)
+
+
+def poisoned_error(what: str) -> NamespaceRestoreError:
+    """The error every switch raises on a thread whose restore failed."""
+    return NamespaceRestoreError(
+        errno.EIO,
+        f"this thread failed to return to its namespace earlier and is poisoned; "
+        f"refusing to switch to {what}",
+    )
+
+
+def encode_path(path: str | bytes | os.PathLike[str], what: str) -> bytes:
+    """``os.fsencode`` that rejects NUL bytes with a typed error."""
+    from .errors import InvalidReference
+
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise InvalidReference(f"path contains a NUL byte: {what}")
+    return raw
+
+
+def open_netns(path: bytes, what: str, dirfd: int = AT_FDCWD) -> int:
+    """Open *path* O_CLOEXEC and check that it is a network namespace."""
+    nstype = ffi.new("int *")
+    fd = lib.nslib_open_netns(dirfd, path, nstype)
+    if fd < 0:
+        fail(fd, what, os.fsdecode(path), nstype[0])
+    return fd
+
+
+def check_netns(fd: int, what: str) -> None:
+    """Raise ``NotANamespace`` unless *fd* is a network namespace."""
+    nstype = ffi.new("int *")
+    rc = lib.nslib_check_netns(fd, nstype)
+    if rc != 0:
+        fail(rc, what, None, nstype[0])
+
+
+def open_current() -> int:
+    """An fd of the calling thread's network namespace."""
+    fd = lib.nslib_open_current()
+    if fd < 0:
+        fail(fd, "the calling thread's namespace", "/proc/thread-self/ns/net")
+    return fd
+
+
+def enter(fd: int, what: str) -> int:
+    """Move the calling thread into *fd*; return the new nesting depth."""
+    depth = lib.nslib_enter(fd)
+    if depth < 0:
+        fail(depth, what)
+    return depth
+
+
+def leave(depth: int, what: str) -> None:
+    """Undo the :func:`enter` that returned *depth* on this thread."""
+    rc = lib.nslib_leave(depth)
+    if rc < 0:
+        leave_failed(rc, what)
+
+
+def leave_failed(rc: int, what: str) -> NoReturn:
+    """Raise for a failed ``nslib_leave`` (read errno first)."""
+    err = ffi.errno
+    if rc == EORDER:
+        raise RuntimeError(
+            f"nslib: cannot leave {what} out of order: an inner switch on this thread "
+            "is still active (revert the innermost first)"
+        )
+    raise NamespaceRestoreError(
+        err, f"{os.strerror(err)}: cannot return from {what}; this thread is now poisoned"
+    )
+
+
+def depth() -> int:
+    """How many nslib switches the calling thread is inside."""
+    return lib.nslib_depth()
+
+
+def poisoned() -> bool:
+    """Whether a restore failed earlier on the calling thread."""
+    return bool(lib.nslib_poisoned())
+
+
+def join(fd: int, what: str) -> None:
+    """Move the calling thread into *fd* for good (pinned workers)."""
+    rc = lib.nslib_join(fd)
+    if rc < 0:
+        fail(rc, what)
+
+
+def socket_in(fd: int, family: int, type: int, proto: int, what: str) -> int:
+    """``socket(2)`` created inside *fd*'s namespace, atomically."""
+    sock = lib.nslib_socket_in(fd, family, type, proto)
+    if sock < 0:
+        fail(sock, what)
+    return sock
+
+
+def new_netns() -> int:
+    """A new anonymous network namespace, made on a throwaway thread."""
+    fd = lib.nslib_new_netns()
+    if fd < 0:
+        fail(fd, "a new network namespace")
+    return fd
+
+
+def create_netns_at(placeholder: bytes, what: str) -> None:
+    """Unshare on a throwaway thread and bind its namespace onto *placeholder*."""
+    if lib.nslib_create_netns_at(placeholder) < 0:
+        fail(-1, what, os.fsdecode(placeholder))
+
+
+def prepare_exec(fd: int, what: str) -> None:
+    """On a dedicated thread: join *fd*, private mount ns, fresh /sys."""
+    rc = lib.nslib_prepare_exec(fd)
+    if rc < 0:
+        fail(rc, what)
+
+
+def mount(src: bytes, target: bytes, fstype: bytes, flags: int, what: str) -> None:
+    """``mount(2)`` with no data argument."""
+    if lib.nslib_mount(src, target, fstype, flags, ffi.NULL) < 0:
+        fail(-1, what, os.fsdecode(target))
+
+
+def umount2(target: bytes, flags: int, what: str) -> None:
+    """``umount2(2)``."""
+    if lib.nslib_umount2(target, flags) < 0:
+        fail(-1, what, os.fsdecode(target))
+
+
+def unshare(flags: int, what: str) -> None:
+    """``unshare(2)`` on the calling thread."""
+    if lib.nslib_unshare(flags) < 0:
+        fail(-1, what)
+
+
+def setns(fd: int, nstype: int, what: str) -> None:
+    """``setns(2)`` on the calling thread (no bookkeeping; prefer :func:`enter`)."""
+    if lib.nslib_setns(fd, nstype) < 0:
+        fail(-1, what)

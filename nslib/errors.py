@@ -1,0 +1,85 @@
+"""Exceptions raised by nslib.
+
+Each nslib error is also the builtin a caller would catch without knowing
+nslib (``NamespaceNotFound`` is a ``FileNotFoundError``, ``InvalidName`` a
+``ValueError``).  Permission problems stay ``PermissionError``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "ClosedHandleError",
+    "DockerUnavailableError",
+    "InvalidName",
+    "InvalidReference",
+    "NamespaceExists",
+    "NamespaceNotFound",
+    "NamespaceRestoreError",
+    "NotANamespace",
+    "NslibError",
+    "PluginDisabledError",
+    "UnavailableMicroserviceError",
+]
+
+
+class NslibError(Exception):
+    """Base class of every error nslib defines."""
+
+
+class NamespaceNotFound(FileNotFoundError, NslibError):
+    """The namespace, its process, thread or file does not exist."""
+
+
+class NamespaceExists(FileExistsError, NslibError):
+    """A named namespace of that name exists already."""
+
+
+class NotANamespace(ValueError, NslibError):
+    """The file or fd is not a network namespace (or not a namespace at all)."""
+
+
+class InvalidReference(ValueError, NslibError):
+    """A namespace reference that cannot be parsed or is malformed."""
+
+
+class InvalidName(InvalidReference):
+    """A namespace name that ``ip netns`` would reject."""
+
+
+class ClosedHandleError(ValueError, NslibError):
+    """An operation on a closed namespace handle."""
+
+
+class NamespaceRestoreError(OSError, NslibError):
+    """Switching a thread back failed; the thread is poisoned.
+
+    A poisoned thread refuses every later nslib switch, so it can never run
+    code in the wrong namespace by accident.  Let it finish and exit.
+    """
+
+
+class UnavailableMicroserviceError(LookupError, NslibError):
+    """No running container holds the microservice label (or it vanished)."""
+
+
+class DockerUnavailableError(ConnectionError, NslibError):
+    """The docker daemon cannot be reached."""
+
+
+class PluginDisabledError(RuntimeError, NslibError):
+    """The namespace plugin was configured as disabled."""
+
+
+def oserror(err: int, what: str, path: str | None = None) -> OSError:
+    """Build an ``OSError`` naming *what*, subclassed by errno as Python does.
+
+    ENOENT and ESRCH become :class:`NamespaceNotFound`; every other errno gets
+    the builtin subclass (``PermissionError`` for EPERM/EACCES, and so on).
+    """
+    msg = f"{os.strerror(err)}: {what}"
+    if err in (_errno.ENOENT, _errno.ESRCH):
+        return NamespaceNotFound(err, msg, path) if path else NamespaceNotFound(err, msg)
+    return OSError(err, msg, path) if path else OSError(err, msg)

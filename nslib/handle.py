@@ -1,0 +1,234 @@
+"""``NsHandle``: an owned file descriptor of a network namespace."""
+
+from __future__ import annotations
+
+import errno
+import os
+import warnings
+from typing import Any, final
+
+from . import _syscalls as sys_
+from .errors import ClosedHandleError, InvalidReference, NamespaceNotFound, NotANamespace
+from .names import DEFAULT_RUN_DIR, validate_name
+
+__all__ = ["NsHandle"]
+
+
+def _positive(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidReference(f"{what} must be a positive int, not {value!r}")
+    return value
+
+
+@final
+class NsHandle:
+    """An owned, close-on-exec fd referring to a network namespace.
+
+    A handle keeps its namespace alive for as long as it is open, exactly as
+    the kernel does for any fd.  Close it (or use it as a context manager);
+    an unclosed handle warns with ``ResourceWarning`` when collected, like an
+    unclosed file.  Two handles are distinct resources even when they refer
+    to one namespace: compare namespaces with :meth:`same_namespace` or
+    :attr:`ns_id`.
+    """
+
+    __slots__ = ("__weakref__", "_fd", "_what")
+
+    def __init__(self, fd: int, *, what: str | None = None) -> None:
+        """Take ownership of *fd*, which must be a network namespace.
+
+        :raises NotANamespace: *fd* is not a network namespace (*fd* is then
+            closed, since ownership was passed).
+        """
+        self._fd = -1  # first, so __del__ is safe if we raise below
+        self._what = what or f"fd {fd}"
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+        try:
+            sys_.check_netns(fd, self._what)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    @classmethod
+    def _adopt(cls, fd: int, what: str) -> NsHandle:
+        # For fds the C core already checked: skip the ioctl.
+        self = cls.__new__(cls)
+        self._fd = fd
+        self._what = what
+        return self
+
+    # -- constructors -------------------------------------------------------
+
+    @classmethod
+    def current(cls) -> NsHandle:
+        """The calling *thread's* namespace (``/proc/thread-self/ns/net``)."""
+        return cls._adopt(sys_.open_current(), "the calling thread's namespace")
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str]) -> NsHandle:
+        """Open a namespace file: ``/proc/<pid>/ns/net``, a bind mount, ...
+
+        :raises NamespaceNotFound: the path does not exist.
+        :raises NotANamespace: the file is not a network namespace.
+        :raises InvalidReference: the path contains a NUL byte.
+        """
+        what = f"path:{os.fspath(path)}"
+        raw = sys_.encode_path(path, what)
+        return cls._adopt(sys_.open_netns(raw, what), what)
+
+    @classmethod
+    def from_pid(cls, pid: int) -> NsHandle:
+        """The namespace of process *pid* (its main thread).
+
+        :raises NamespaceNotFound: no such process (it never existed or exited).
+        """
+        _positive(pid, "pid")
+        what = f"pid:{pid}"
+        try:
+            return cls._adopt(sys_.open_netns(b"/proc/%d/ns/net" % pid, what), what)
+        except NamespaceNotFound as e:
+            raise NamespaceNotFound(e.errno, f"no process {pid}", e.filename) from None
+
+    @classmethod
+    def from_thread(cls, pid: int, tid: int) -> NsHandle:
+        """The namespace of thread *tid* of process *pid*.
+
+        :raises NamespaceNotFound: no such process, or *tid* is not one of its
+            threads.
+        """
+        _positive(pid, "pid")
+        _positive(tid, "tid")
+        what = f"thread {tid} of pid {pid}"
+        path = b"/proc/%d/task/%d/ns/net" % (pid, tid)
+        try:
+            return cls._adopt(sys_.open_netns(path, what), what)
+        except NamespaceNotFound as e:
+            msg = f"no thread {tid} in process {pid}"
+            if not os.path.exists(f"/proc/{pid}"):
+                msg = f"no process {pid}"
+            raise NamespaceNotFound(e.errno, msg, e.filename) from None
+
+    @classmethod
+    def from_name(cls, name: str, *, run_dir: str | None = None) -> NsHandle:
+        """Open the named namespace *name* (as ``ip netns`` names it).
+
+        Never creates anything: a missing name raises.
+
+        :raises InvalidName: *name* is not a valid namespace name.
+        :raises NamespaceNotFound: no such named namespace.
+        :raises NotANamespace: a stale placeholder whose mount is gone.
+        """
+        validate_name(name)
+        run_dir = run_dir or DEFAULT_RUN_DIR
+        what = f"name:{name}"
+        path = os.path.join(run_dir, name)
+        try:
+            fd = sys_.open_netns(os.fsencode(path), what)
+        except NamespaceNotFound as e:
+            raise NamespaceNotFound(
+                errno.ENOENT, f"no named namespace {name!r} in {run_dir}", path
+            ) from e
+        except NotANamespace:
+            raise NotANamespace(
+                f"{path} is a stale placeholder, not a mounted namespace "
+                f"(nslib.named.repair({name!r}) removes it)"
+            ) from None
+        return cls._adopt(fd, what)
+
+    @classmethod
+    def from_fd(cls, fd: int) -> NsHandle:
+        """A new handle on a *dup* of *fd*; the caller keeps its own fd.
+
+        :raises OSError: EBADF for a negative or closed fd.
+        :raises NotANamespace: *fd* is not a network namespace.
+        """
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+        if fd < 0:
+            raise OSError(errno.EBADF, f"bad file descriptor: fd {fd}")
+        sys_.check_netns(fd, f"fd {fd}")
+        import fcntl
+
+        return cls._adopt(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3), f"fd {fd}")
+
+    @classmethod
+    def new(cls) -> NsHandle:
+        """A brand-new anonymous namespace, alive only while handles hold it.
+
+        It is made by ``unshare(2)`` on a throwaway thread, so the calling
+        thread never moves.
+        """
+        return cls._adopt(sys_.new_netns(), "a new anonymous namespace")
+
+    # -- the fd -------------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The fd.  :raises ClosedHandleError: the handle is closed."""
+        fd = self._fd
+        if fd < 0:
+            raise ClosedHandleError(f"namespace handle is closed ({self._what})")
+        return fd
+
+    @property
+    def closed(self) -> bool:
+        """Whether the handle is closed or detached."""
+        return self._fd < 0
+
+    def close(self) -> None:
+        """Close the fd.  Idempotent."""
+        # Forget the number before closing: the kernel may hand it out again.
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def detach(self) -> int:
+        """Give up ownership and return the fd; the handle becomes closed."""
+        fd = self.fileno()
+        self._fd = -1
+        return fd
+
+    def dup(self) -> NsHandle:
+        """A new handle on a close-on-exec duplicate of the fd."""
+        import fcntl
+
+        return NsHandle._adopt(fcntl.fcntl(self.fileno(), fcntl.F_DUPFD_CLOEXEC, 3), self._what)
+
+    @property
+    def what(self) -> str:
+        """A human description of where the handle came from."""
+        return self._what
+
+    # -- identity -----------------------------------------------------------
+
+    @property
+    def ns_id(self) -> tuple[int, int]:
+        """``(st_dev, st_ino)`` of the namespace: stable while the handle is open."""
+        st = os.fstat(self.fileno())
+        return (st.st_dev, st.st_ino)
+
+    def same_namespace(self, other: NsHandle) -> bool:
+        """Whether *other* refers to the same namespace."""
+        return self.ns_id == other.ns_id
+
+    # -- protocol -----------------------------------------------------------
+
+    def __enter__(self) -> NsHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._fd < 0:
+            return f"<NsHandle closed ({self._what})>"
+        return f"<NsHandle fd={self._fd} ({self._what})>"
+
+    def __getstate__(self) -> Any:
+        raise TypeError("an NsHandle owns an fd and cannot be pickled")
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+            self.close()

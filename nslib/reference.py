@@ -1,0 +1,174 @@
+"""``NetNamespace``: a namespace *reference* (type plus value), as in the seed.
+
+A reference is a value; resolving it (:func:`open_namespace`) gives an
+:class:`~nslib.handle.NsHandle`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import InvalidReference, UnavailableMicroserviceError
+from .handle import NsHandle
+from .names import validate_name
+
+__all__ = ["NetNamespace", "ReferenceType", "open_namespace"]
+
+
+class ReferenceType(enum.IntEnum):
+    """How a :class:`NetNamespace` names its namespace (values as in the seed)."""
+
+    UNDEFINED = 0
+    #: A *named* namespace (``ip netns`` bind mount), not a kernel nsid.
+    NSID = 1
+    PID = 2
+    #: A *file path* (``/proc/<pid>/task/<tid>/ns/net``, a bind mount), not an fd.
+    FD = 3
+    MICROSERVICE = 4
+
+
+_PREFIX = {
+    "name": ReferenceType.NSID,
+    "pid": ReferenceType.PID,
+    "path": ReferenceType.FD,
+    "ms": ReferenceType.MICROSERVICE,
+}
+_PREFIX_OF = {v: k for k, v in _PREFIX.items()}
+_PID_RE = re.compile(r"[1-9][0-9]*")
+
+
+@dataclass(frozen=True, slots=True)
+class NetNamespace:
+    """A reference to a network namespace: a :class:`ReferenceType` plus a value.
+
+    Build one with :meth:`named`, :meth:`pid`, :meth:`path`, :meth:`thread`,
+    :meth:`microservice` or :meth:`parse`; ``str()`` gives back the form
+    :meth:`parse` reads (``name:blue``, ``pid:42``, ``path:/p``, ``ms:web``).
+    """
+
+    type: ReferenceType
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        t, ref = self.type, self.reference
+        if not isinstance(ref, str):
+            raise InvalidReference(f"reference must be a str, not {type(ref).__name__}")
+        if "\0" in ref:
+            raise InvalidReference(f"reference contains a NUL byte: {ref!r}")
+        if t == ReferenceType.NSID:
+            validate_name(ref)
+        elif t == ReferenceType.PID:
+            if not _PID_RE.fullmatch(ref):
+                raise InvalidReference(f"pid must be a positive decimal integer, not {ref!r}")
+        elif t == ReferenceType.MICROSERVICE:
+            if not ref:
+                raise InvalidReference("microservice label is empty")
+        elif t == ReferenceType.UNDEFINED:
+            if ref:
+                raise InvalidReference(f"an UNDEFINED reference carries no value: {ref!r}")
+        elif t != ReferenceType.FD:
+            raise InvalidReference(f"unknown reference type {t!r}")
+
+    @classmethod
+    def named(cls, name: str) -> NetNamespace:
+        """A named namespace, as ``ip netns`` names it."""
+        return cls(ReferenceType.NSID, name)
+
+    @classmethod
+    def pid(cls, pid: int) -> NetNamespace:
+        """The namespace of process *pid*."""
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise InvalidReference(f"pid must be a positive int, not {pid!r}")
+        return cls(ReferenceType.PID, str(pid))
+
+    @classmethod
+    def path(cls, path: str | os.PathLike[str]) -> NetNamespace:
+        """A namespace file path (the seed's FD type)."""
+        return cls(ReferenceType.FD, os.fspath(path))
+
+    @classmethod
+    def thread(cls, pid: int, tid: int) -> NetNamespace:
+        """The namespace of thread *tid* of process *pid*."""
+        for v, n in ((pid, "pid"), (tid, "tid")):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise InvalidReference(f"{n} must be a positive int, not {v!r}")
+        return cls(ReferenceType.FD, f"/proc/{pid}/task/{tid}/ns/net")
+
+    @classmethod
+    def microservice(cls, label: str) -> NetNamespace:
+        """The namespace of the container running microservice *label*."""
+        return cls(ReferenceType.MICROSERVICE, label)
+
+    @classmethod
+    def parse(cls, text: str) -> NetNamespace:
+        """Parse ``name:N``, ``pid:P``, ``path:F``, ``ms:L``, or a bare name.
+
+        :raises InvalidReference: anything else (``InvalidName`` for bad names).
+        """
+        if not isinstance(text, str):
+            raise InvalidReference(f"reference must be a str, not {type(text).__name__}")
+        kind, sep, value = text.partition(":")
+        if sep and kind in _PREFIX:
+            return cls(_PREFIX[kind], value)
+        if sep:
+            raise InvalidReference(
+                f"unknown reference kind {kind!r} in {text!r}; "
+                "use name:, pid:, path: or ms: (or a bare name)"
+            )
+        return cls(ReferenceType.NSID, text)
+
+    def __str__(self) -> str:
+        if self.type == ReferenceType.UNDEFINED:
+            return "undefined"
+        return f"{_PREFIX_OF[self.type]}:{self.reference}"
+
+
+class _Resolvable(Protocol):
+    def open_namespace(self) -> NsHandle: ...
+
+
+class _Tracker(Protocol):
+    def get(self, label: str) -> _Resolvable | None: ...
+
+
+NsLike = NsHandle | NetNamespace | str | os.PathLike[str] | int
+
+
+def open_namespace(
+    ref: NetNamespace,
+    *,
+    tracker: _Tracker | None = None,
+    run_dir: str | None = None,
+) -> NsHandle:
+    """Resolve *ref* to a new :class:`NsHandle` (the caller closes it).
+
+    Never creates a namespace.  A MICROSERVICE reference needs *tracker*
+    (a :class:`~nslib.MicroserviceTracker`).
+
+    :raises NamespaceNotFound: the process, file or named namespace is missing.
+    :raises UnavailableMicroserviceError: no running container holds the label.
+    :raises InvalidReference: an UNDEFINED reference.
+    """
+    t = ref.type
+    if t == ReferenceType.NSID:
+        return NsHandle.from_name(ref.reference, run_dir=run_dir)
+    if t == ReferenceType.PID:
+        return NsHandle.from_pid(int(ref.reference))
+    if t == ReferenceType.FD:
+        if not ref.reference:
+            raise InvalidReference("empty path reference")
+        return NsHandle.from_path(ref.reference)
+    if t == ReferenceType.MICROSERVICE:
+        if tracker is None:
+            raise UnavailableMicroserviceError(
+                f"{ref}: resolving a microservice needs a tracker (tracker=MicroserviceTracker())"
+            )
+        ms = tracker.get(ref.reference)
+        if ms is None:
+            raise UnavailableMicroserviceError(f"{ref}: no running container holds this label")
+        return ms.open_namespace()
+    raise InvalidReference(f"cannot open an {ref} reference")

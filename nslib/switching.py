@@ -1,0 +1,410 @@
+"""Moving code into a namespace: the calling thread, a fresh one, or a pinned one.
+
+The rules (namespaces are per *thread*):
+
+* :func:`entered` and :func:`switch_to` move only the calling thread, and
+  always move it back.  Use them on threads you own.  Never use them on
+  shared pool threads (asyncio's default executor, a web server's workers):
+  a thread that is switched while it runs someone else's task would run that
+  task in the wrong namespace, and any thread it starts is born there.
+* :func:`run_in` runs a function on a fresh thread that dies afterwards;
+  :func:`pinned` gives an executor whose single worker lives in the
+  namespace; :func:`run_in_async` is the asyncio form and never touches the
+  event loop's thread.
+* If a thread cannot be moved back (the kernel refused), it is *poisoned*:
+  :class:`~nslib.NamespaceRestoreError` is raised and every later switch on
+  that thread raises it too.  Let such a thread finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, ParamSpec, TypeVar, final
+
+from . import _syscalls as sys_
+from .errors import ClosedHandleError, InvalidReference
+from .handle import NsHandle
+from .reference import NetNamespace, NsLike, open_namespace
+
+__all__ = [
+    "PinnedExecutor",
+    "Revert",
+    "entered",
+    "pinned",
+    "run_in",
+    "run_in_async",
+    "socket_in",
+    "switch_depth",
+    "switch_to",
+    "thread_poisoned",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_raw_enter = sys_.raw_enter
+_raw_leave = sys_.raw_leave
+_running_loop = asyncio._get_running_loop
+
+
+def _resolve(ns: NsLike) -> tuple[int, NsHandle | None, str]:
+    """``(fd, handle we opened and must close, description)`` for any ns-like."""
+    if type(ns) is NsHandle:
+        return ns.fileno(), None, ns.what
+    if isinstance(ns, NetNamespace):
+        h = open_namespace(ns)
+        return h.fileno(), h, str(ns)
+    if isinstance(ns, int) and not isinstance(ns, bool):
+        if ns < 0:
+            raise OSError(9, f"Bad file descriptor: fd {ns}")
+        return ns, None, f"fd {ns}"
+    if isinstance(ns, str | os.PathLike):
+        h = NsHandle.from_path(ns)
+        return h.fileno(), h, h.what
+    raise InvalidReference(
+        f"expected an NsHandle, NetNamespace, path or fd, not {type(ns).__name__}"
+    )
+
+
+def _refuse_on_loop(what: str) -> None:
+    if _running_loop() is not None:
+        raise RuntimeError(
+            f"refusing to switch the asyncio event loop's thread into {what}: every "
+            "coroutine would run there; use `await nslib.run_in_async(ns, fn)`"
+        )
+
+
+@final
+class entered:
+    """Run the ``with`` body with the calling thread inside *ns*, then move back.
+
+    *ns* may be an :class:`NsHandle`, a :class:`NetNamespace`, a path or an
+    int fd.  Nesting works; the thread is moved back on every exit, including
+    exceptions and ``KeyboardInterrupt``.  A handle or fd costs no open;
+    a reference or path is opened once and closed on exit.  ``__enter__``
+    returns the handle used (``None`` for a bare fd).
+
+    Refused on a thread running an asyncio event loop.
+
+    :raises NamespaceRestoreError: moving back failed; the thread is poisoned.
+    :raises ClosedHandleError: *ns* is a closed handle.
+    """
+
+    __slots__ = ("_depth", "_ns", "_own", "_what")
+
+    def __init__(self, ns: NsLike) -> None:
+        self._ns = ns
+        self._own: NsHandle | None = None
+        self._depth = 0
+
+    def __enter__(self) -> NsHandle | None:
+        ns = self._ns
+        if type(ns) is NsHandle and not self._depth:
+            # The hot path: a handle we do not own, no open, one C call.
+            fd = ns._fd
+            if fd >= 0 and _running_loop() is None:
+                depth = _raw_enter(fd)
+                if depth > 0:
+                    self._depth = depth
+                    return ns
+        return self._enter_slow()
+
+    def _enter_slow(self) -> NsHandle | None:
+        if self._depth:
+            raise RuntimeError("this entered() is already active; make a new one to nest")
+        ns = self._ns
+        if type(ns) is NsHandle:
+            if ns._fd < 0:
+                raise ClosedHandleError(f"cannot switch through a closed handle ({ns.what})")
+            fd, self._what = ns._fd, ns.what
+            handle: NsHandle | None = ns
+        else:
+            fd, self._own, self._what = _resolve(ns)
+            handle = self._own
+        if _running_loop() is not None:
+            self._drop()
+            _refuse_on_loop(self._what)
+        depth = _raw_enter(fd)
+        if depth < 0:
+            self._drop()
+            sys_.fail(depth, self._what)
+        self._depth = depth
+        return handle
+
+    def __exit__(self, *exc: object) -> None:
+        rc = _raw_leave(self._depth)
+        self._depth = 0
+        if self._own is not None:
+            self._drop()
+        if rc < 0:
+            sys_.leave_failed(rc, self._describe())
+
+    def _describe(self) -> str:
+        ns = self._ns
+        return ns.what if type(ns) is NsHandle else getattr(self, "_what", "?")
+
+    def _drop(self) -> None:
+        own, self._own = self._own, None
+        if own is not None:
+            own.close()
+
+
+@final
+class Revert:
+    """Moves the thread back from a :func:`switch_to`.  Idempotent.
+
+    Call it (or leave its ``with`` block) on the thread that switched.
+    """
+
+    __slots__ = ("_depth", "_own", "_thread", "_what")
+
+    def __init__(self, depth: int, own: NsHandle | None, what: str) -> None:
+        self._depth = depth
+        self._own = own
+        self._what = what
+        self._thread = threading.get_ident()
+
+    @property
+    def done(self) -> bool:
+        """Whether the thread has been moved back."""
+        return self._depth == 0
+
+    def __call__(self) -> None:
+        """Move the thread back (a no-op the second time)."""
+        if not self._depth:
+            return
+        if threading.get_ident() != self._thread:
+            raise RuntimeError("revert() must be called on the thread that switched")
+        rc = _raw_leave(self._depth)
+        if rc < 0 and rc == sys_.EORDER:
+            sys_.leave_failed(rc, self._what)  # nothing changed; may be retried
+        self._depth = 0
+        own, self._own = self._own, None
+        if own is not None:
+            own.close()
+        if rc < 0:
+            sys_.leave_failed(rc, self._what)
+
+    def __enter__(self) -> Revert:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self()
+
+    def __del__(self) -> None:
+        if getattr(self, "_depth", 0):
+            import warnings
+
+            warnings.warn(
+                f"switch_to({self._what}) was never reverted", ResourceWarning, stacklevel=2
+            )
+
+
+def switch_to(ns: NsLike) -> Revert:
+    """Move the calling thread into *ns*; return the callable that moves it back.
+
+    The seed's ``SwitchToNamespace``: the caller must call the returned
+    :class:`Revert` (or use it as a context manager).  Reverts must happen
+    innermost first and on the same thread.
+
+    :raises NamespaceRestoreError: the thread is poisoned.
+    """
+    fd, own, what = _resolve(ns)
+    try:
+        _refuse_on_loop(what)
+        depth = _raw_enter(fd)
+        if depth < 0:
+            sys_.fail(depth, what)
+    except BaseException:
+        if own is not None:
+            own.close()
+        raise
+    return Revert(depth, own, what)
+
+
+def switch_depth() -> int:
+    """How many nslib switches the calling thread is currently inside."""
+    return sys_.depth()
+
+
+def thread_poisoned() -> bool:
+    """Whether the calling thread is poisoned by a failed restore."""
+    return sys_.poisoned()
+
+
+class _Owned:
+    """A resolved namespace that a worker thread may outlive the caller's use of."""
+
+    def __init__(self, ns: NsLike) -> None:
+        fd, own, self.what = _resolve(ns)
+        # A dup, so the caller may close its handle while the worker runs.
+        self.handle = own if own is not None else NsHandle.from_fd(fd)
+
+    def join(self) -> None:
+        sys_.join(self.handle.fileno(), self.what)
+
+
+def run_in(ns: NsLike, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``fn(*args, **kwargs)`` on a fresh thread inside *ns*; return its result.
+
+    The thread dies afterwards, so nothing needs restoring and the caller
+    never moves.  Exceptions from *fn* propagate.
+    """
+    target = _Owned(ns)
+    box: list[Any] = []
+
+    def body() -> None:
+        try:
+            target.join()
+            box.append((True, fn(*args, **kwargs)))
+        except BaseException as e:
+            box.append((False, e))
+
+    try:
+        t = threading.Thread(target=body, name=f"nslib-run-in {target.what}", daemon=True)
+        t.start()
+        t.join()
+    finally:
+        target.handle.close()
+    ok, value = box[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+async def run_in_async(ns: NsLike, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Await ``fn(*args, **kwargs)`` run on a fresh thread inside *ns*.
+
+    The event loop's thread never switches.  Cancelling the await does not
+    stop *fn*; its result is then dropped.
+    """
+    target = _Owned(ns)
+    fut: Future[T] = Future()
+
+    def body() -> None:
+        try:
+            target.join()
+            result = fn(*args, **kwargs)
+        except BaseException as e:
+            fut.set_exception(e)
+        else:
+            fut.set_result(result)
+        finally:
+            target.handle.close()
+
+    threading.Thread(target=body, name=f"nslib-run-in {target.what}", daemon=True).start()
+    return await asyncio.wrap_future(fut)
+
+
+_STOP = object()
+
+
+class PinnedExecutor(Executor):
+    """An executor with one worker thread that lives inside a namespace.
+
+    The worker joins the namespace before the constructor returns (a join
+    error is raised there) and stays until :meth:`shutdown`.  It holds its
+    own handle, so the caller may close theirs.
+    """
+
+    def __init__(self, ns: NsLike) -> None:
+        target = _Owned(ns)
+        self._what = target.what
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._shutdown = False
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._work, args=(target, ready), name=f"nslib-pinned {target.what}", daemon=True
+        )
+        self._thread.start()
+        try:
+            ready.result()
+        except BaseException:
+            self._thread.join()
+            raise
+
+    def _work(self, target: _Owned, ready: Future[None]) -> None:
+        try:
+            target.join()
+        except BaseException as e:
+            target.handle.close()
+            ready.set_exception(e)
+            return
+        ready.set_result(None)
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                fut, fn, args, kwargs = item
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    fut.set_result(fn(*args, **kwargs))
+                except BaseException as e:
+                    fut.set_exception(e)
+        finally:
+            target.handle.close()
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` on the pinned worker."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot submit to a PinnedExecutor after shutdown")
+            fut: Future[T] = Future()
+            self._queue.put((fut, fn, args, kwargs))
+            return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the worker once queued work is done (or cancelled)."""
+        with self._lock:
+            if not self._shutdown:
+                self._shutdown = True
+                if cancel_futures:
+                    while True:
+                        try:
+                            item = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if item is not _STOP:
+                            item[0].cancel()
+                self._queue.put(_STOP)
+        if wait:
+            self._thread.join()
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else "running"
+        return f"<PinnedExecutor {self._what} {state}>"
+
+
+def pinned(ns: NsLike) -> PinnedExecutor:
+    """An :class:`~concurrent.futures.Executor` whose one worker lives in *ns*."""
+    return PinnedExecutor(ns)
+
+
+def socket_in(
+    ns: NsLike,
+    family: int = socket.AF_INET,
+    type: int = socket.SOCK_STREAM,
+    proto: int = 0,
+) -> socket.socket:
+    """A close-on-exec ``socket.socket`` created inside *ns*, without forking.
+
+    The C core joins, calls ``socket(2)`` and moves back in one call, so no
+    Python code runs in the foreign namespace.  The socket stays bound to
+    *ns* for its whole life, whatever thread uses it.
+    """
+    fd, own, what = _resolve(ns)
+    try:
+        sock = sys_.socket_in(fd, family, type, proto, what)
+    finally:
+        if own is not None:
+            own.close()
+    return socket.socket(family, type, proto, fileno=sock)
