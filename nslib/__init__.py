@@ -43,6 +43,29 @@ from .switching import (
 
 __version__ = "0.1.0"
 
+# Heavier parts (docker, pyroute2) load on first use, so `import nslib` and
+# the switching hot path never pay for them.  name -> (module, attribute);
+# an attribute of None exports the module itself.
+_LAZY: dict[str, tuple[str, str | None]] = {
+}
+
+
+def __getattr__(name: str) -> object:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'nslib' has no attribute {name!r}") from None
+    import importlib
+
+    mod = importlib.import_module(f"nslib.{module}")
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "ClosedHandleError",
     "DockerUnavailableError",

@@ -1,0 +1,209 @@
+"""Shared fixtures and the rules for privileged tests.
+
+Tests marked ``root`` need CAP_SYS_ADMIN; tests marked ``docker`` need a
+docker daemon (the suite starts a private one, see ``tests/dockerd.py``).
+Outside CI a missing requirement skips the test; under ``CI=true`` it fails,
+so a CI run can never pass by skipping what it was meant to check.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import nslib
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+settings.register_profile(
+    "default", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "expensive", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "default"))
+
+
+def _missing(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}: this test must run in CI", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        _missing("needs root (CAP_SYS_ADMIN)")
+    if item.get_closest_marker("docker") and shutil.which("dockerd") is None:
+        _missing("needs dockerd (scripts/host-setup.sh installs it)")
+
+
+# -- accounting -------------------------------------------------------------
+
+
+def open_fds() -> set[int]:
+    """The process's open fds (the listing's own fd excluded)."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # the directory fd listdir used, already closed
+        fds.add(fd)
+    return fds
+
+
+def thread_ns() -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of the calling thread's namespace."""
+    st = os.stat("/proc/thread-self/ns/net")
+    return (st.st_dev, st.st_ino)
+
+
+@pytest.fixture
+def fd_baseline() -> Iterator[set[int]]:
+    """Fails the test if it leaves more fds open than it found.
+
+    Each thread's home namespace fd is cached by the C core for the thread's
+    life, so the calling thread is warmed up before the baseline is taken.
+    """
+    with nslib.entered(nslib.NsHandle.current()):
+        pass
+    gc.collect()
+    before = open_fds()
+    yield before
+    gc.collect()
+    after = open_fds()
+    leaked = after - before
+    assert not leaked, f"leaked fds: {sorted(leaked)} -> " + ", ".join(
+        _describe_fd(fd) for fd in sorted(leaked)
+    )
+
+
+def _describe_fd(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+
+
+@pytest.fixture
+def home_ns() -> Iterator[tuple[int, int]]:
+    """The main thread's namespace, checked to be unchanged after the test."""
+    before = thread_ns()
+    yield before
+    assert thread_ns() == before, "the test left the calling thread in another namespace"
+
+
+# -- names and namespaces the tests own -------------------------------------
+
+#: Every namespace, link and container the suite makes starts with this.
+PREFIX = f"nslt{os.getpid() % 100000}"
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique name with the suite's prefix (fits IFNAMSIZ)."""
+    return f"{PREFIX}{uuid.uuid4().hex[:6]}"[:15]
+
+
+def _mounts_under(path: str) -> list[str]:
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mnt = line.split()[4].replace("\\040", " ")
+            if mnt == path or mnt.startswith(path.rstrip("/") + "/"):
+                found.append(mnt)
+    return found
+
+
+def unmount_tree(path: str) -> None:
+    """Detach every mount at or below *path*, deepest first."""
+    for mnt in sorted(set(_mounts_under(path)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
+
+
+@pytest.fixture
+def run_dir() -> Iterator[str]:
+    """A private run directory for named namespaces, torn down afterwards.
+
+    Tests never touch the host's /run/netns.
+    """
+    base = tempfile.mkdtemp(prefix=f"{PREFIX}-run-")
+    path = os.path.join(base, "netns")
+    try:
+        yield path
+    finally:
+        unmount_tree(base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def netns() -> Iterator[nslib.NsHandle]:
+    """A fresh anonymous namespace (closed afterwards)."""
+    with nslib.NsHandle.new() as h:
+        yield h
+
+
+def host_netns_names() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _host_untouched() -> Iterator[None]:
+    """The suite must leave the host's named namespaces as it found them."""
+    before = host_netns_names()
+    yield
+    ours = {n for n in host_netns_names() - before if n.startswith(PREFIX)}
+    for name in ours:  # clean up, then complain
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+    assert not ours, f"the suite left named namespaces behind: {sorted(ours)}"
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    for t in set(threading.enumerate()) - before:
+        if t.name.startswith("nslib-"):
+            t.join(timeout=5)
+            assert not t.is_alive(), f"nslib thread left running: {t.name}"
+
+
+# -- docker -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dockerd() -> Iterator[object]:
+    """A private docker daemon for the whole session (see tests/dockerd.py).
+
+    Tests may restart it; the host's daemon and containers are never touched.
+    """
+    if shutil.which("dockerd") is None:
+        _missing("needs dockerd (scripts/host-setup.sh installs it)")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dockerd import PrivateDockerd
+
+    d = PrivateDockerd()
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
