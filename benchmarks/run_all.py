@@ -1,0 +1,116 @@
+"""Run every benchmark in one go and write the report.
+
+    python benchmarks/run_all.py [--quick] [--only switching,named,...]
+
+Writes ``benchmarks/results/latest.md`` (the table with ratios and targets),
+``latest.json`` and ``ratios.png`` (nslib versus each alternative, per
+operation).  Each module runs in this one process, one after another, so the
+numbers come from one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the private dockerd harness
+
+from _harness import Result, Target, machine, markdown, ratios, save_json  # noqa: E402
+
+#: Benchmark modules in report order; each has run(quick) -> (results, targets).
+MODULES = ["switching", "named", "netlink", "tracker", "process"]
+RESULTS = HERE / "results"
+
+
+def chart(results: list[Result], path: Path) -> None:
+    """A horizontal bar chart of "alternative time / nslib time", log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rel = ratios(results)
+    rows = [
+        (f"{r.group}\n{r.impl}", rel[(r.group, r.impl)], r.kind)
+        for r in results
+        if (r.group, r.impl) in rel and r.kind in ("alt", "limit")
+    ]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    labels = [r[0].replace("\n", " | ") for r in rows]
+    values = [r[1] for r in rows]
+    colors = ["#888888" if k == "limit" else "#2b7bb9" for _, _, k in rows]
+    ax.barh(range(len(rows)), values, color=colors)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=1)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.2f}x", va="center", fontsize=8)
+    ax.set_xlabel("time relative to nslib (log scale; >1 = nslib is faster; grey = raw C limit)")
+    ax.set_title("nslib versus the alternatives, per operation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    p.add_argument("--only", default="", help="comma-separated subset of " + ",".join(MODULES))
+    p.add_argument("--out", type=Path, default=RESULTS, help="where to write the report")
+    args = p.parse_args(argv)
+    chosen = [m for m in MODULES if not args.only or m in args.only.split(",")]
+
+    results: list[Result] = []
+    targets: list[Target] = []
+    failed: list[str] = []
+    started = time.monotonic()
+    for name in chosen:
+        print(f"== {name}", flush=True)
+        t0 = time.monotonic()
+        try:
+            mod = importlib.import_module(f"bench_{name}")
+            res, tgt = mod.run(args.quick)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        results += res
+        targets += tgt
+        print(markdown(res, tgt), flush=True)
+        print(f"   ({time.monotonic() - t0:.0f} s)\n", flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = [
+        "# nslib benchmark results",
+        "",
+        f"Machine: {machine()}  ",
+        f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{'quick' if args.quick else 'full'} mode, {time.monotonic() - started:.0f} s in all.",
+        "",
+        "Ratios are *that row's time / nslib's time*: above 1 means nslib is that many "
+        "times faster; a raw-limit row below 1 is how close nslib gets to the bare syscalls.",
+        "",
+        markdown(results, targets),
+        "",
+        "![ratios](ratios.png)",
+    ]
+    if failed:
+        report += ["", f"Benchmarks that failed to run: {', '.join(failed)}"]
+    (args.out / "latest.md").write_text("\n".join(report) + "\n")
+    save_json(args.out / "latest.json", results, targets)
+    chart(results, args.out / "ratios.png")
+    print(f"wrote {args.out / 'latest.md'} and ratios.png")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
