@@ -76,9 +76,7 @@ def build_c(name: str) -> Path:
     out = BIN / name
     BIN.mkdir(exist_ok=True)
     if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
-        subprocess.run(
-            ["gcc", "-O2", "-Wall", "-o", str(out), str(src), "-lpthread"], check=True
-        )
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(src), "-lpthread"], check=True)
     return out
 
 
