@@ -1,0 +1,307 @@
+"""Processes inside a namespace: :func:`popen` and :func:`run`, ``ip netns exec`` style.
+
+How a child gets into the namespace without the parent ever moving: a
+child made by ``fork``/``vfork``/``clone`` inherits the network and mount
+namespaces of the *thread* that created it.  So each call starts a
+throwaway thread, moves that thread (and only it) into the target, calls
+:class:`subprocess.Popen` from it, and lets it exit.  No ``preexec_fn``, no
+hand-made fork of the Python process, and no thread of the caller ever
+leaves its namespace, so it is safe in threaded and asyncio programs.
+
+With ``etc=True`` (the default) the child also gets ``ip netns exec``
+semantics, prepared on the throwaway thread before the spawn:
+
+* a private mount namespace (``unshare(CLONE_NEWNS)`` on the thread, which
+  the kernel allows because it also unshares that thread's filesystem
+  information only), with ``/`` made a recursive slave so nothing propagates
+  back to the host;
+* ``/sys`` detached and a fresh sysfs mounted, so ``/sys/class/net`` shows
+  the target's interfaces (read-only when the old one was read-only);
+* for a *named* namespace, each entry of ``/etc/netns/NAME/`` bind-mounted
+  over ``/etc/<entry>`` (``resolv.conf`` is the usual one).
+
+Every child gets its own mount namespace, as with ``ip netns exec``; nothing
+is cached between calls, so a change under ``/etc/netns/NAME`` shows in the
+next child.
+
+``/etc`` symlinks: ``mount(2)`` follows a symlink at the target, so when
+``/etc/resolv.conf`` is a symlink (systemd-resolved's ``stub-resolv.conf``)
+the bind lands on the file it points to, *inside the child's private mount
+namespace only*; the host never sees it.  This is what ``ip netns exec``
+does too.  Two consequences worth knowing: a dangling symlink cannot be
+bound over (the bind fails and is reported), and if the host later
+*replaces* the target file by renaming a new one over it (systemd-resolved
+does), the kernel detaches the bind in the child, which then sees the
+host's file.  For a long-running child on such a host, point the
+``/etc/<entry>`` symlink elsewhere or start the child with its own
+resolver configuration.
+
+A bind that fails is a warning, as in iproute2: it is logged on the
+``nslib.process`` logger after the child has started, and the child runs.
+iproute2's VRF reset is not done.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import os
+import subprocess
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from . import _syscalls as sys_
+from .errors import InvalidReference, UnavailableMicroserviceError
+from .handle import NsHandle
+from .reference import NetNamespace, NsLike, ReferenceType, open_namespace
+
+__all__ = ["ETC_NETNS_DIR", "popen", "run"]
+
+#: Where ``ip netns exec`` looks for per-namespace ``/etc`` files.
+ETC_NETNS_DIR = "/etc/netns"
+
+log = logging.getLogger("nslib.process")
+
+_Argv = str | bytes | os.PathLike[str] | os.PathLike[bytes] | Sequence[Any]
+
+
+class _Tracker(Protocol):
+    def get(self, label: str, timeout: float | None = ...) -> Any: ...
+
+
+class _Target:
+    """A resolved namespace: the fd to join, who owns it, and its name if named."""
+
+    __slots__ = ("fd", "name", "own", "what")
+
+    def __init__(self, fd: int, own: NsHandle | None, what: str, name: str | None) -> None:
+        self.fd = fd
+        self.own = own
+        self.what = what
+        self.name = name
+
+    def close(self) -> None:
+        own, self.own = self.own, None
+        if own is not None:
+            own.close()
+
+
+def _resolve(ref: NsLike, tracker: _Tracker | None, run_dir: str | None) -> _Target:
+    if type(ref) is NsHandle:
+        return _Target(ref.fileno(), None, ref.what, None)
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        if ref < 0:
+            raise OSError(9, f"Bad file descriptor: fd {ref}")
+        return _Target(ref, None, f"fd {ref}", None)
+    if isinstance(ref, str) and "/" not in ref:
+        ref = NetNamespace.parse(ref)  # names never contain '/', paths always do
+    if isinstance(ref, NetNamespace):
+        if ref.type == ReferenceType.MICROSERVICE and tracker is None:
+            return _resolve_ms(ref)
+        h = open_namespace(ref, tracker=tracker, run_dir=run_dir)
+        name = ref.reference if ref.type == ReferenceType.NSID else None
+        return _Target(h.fileno(), h, str(ref), name)
+    if isinstance(ref, str | os.PathLike):
+        h = NsHandle.from_path(ref)
+        return _Target(h.fileno(), h, h.what, None)
+    raise InvalidReference(
+        f"expected an NsHandle, NetNamespace, reference string, path or fd, "
+        f"not {type(ref).__name__}"
+    )
+
+
+#: How long a call-scoped tracker waits for docker before giving up.
+MS_TIMEOUT = 10.0
+
+
+def _resolve_ms(ref: NetNamespace) -> _Target:
+    # No tracker given: a short-lived one for this call, stopped before return.
+    from .microservice import MicroserviceTracker
+
+    tracker = MicroserviceTracker()
+    tracker.start()
+    try:
+        ms = tracker.get(ref.reference, timeout=MS_TIMEOUT)
+        if ms is None:
+            raise UnavailableMicroserviceError(f"{ref}: no running container holds this label")
+        h = ms.open_namespace()
+    finally:
+        tracker.stop()
+    return _Target(h.fileno(), h, str(ref), None)
+
+
+def _bind_etc(name: str) -> list[str]:
+    """Bind ``/etc/netns/NAME/*`` over ``/etc/*`` (on the prepared thread).
+
+    Returns the failures as messages; they are warnings, as in iproute2.
+    """
+    src_dir = os.path.join(ETC_NETNS_DIR, name)
+    try:
+        entries = sorted(os.listdir(src_dir))  # never lists '.' or '..'
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        return [f"cannot read {src_dir}: {e.strerror}"]
+    problems = []
+    for entry in entries:
+        src = os.path.join(src_dir, entry)
+        dst = os.path.join("/etc", entry)
+        try:
+            sys_.mount(
+                os.fsencode(src), os.fsencode(dst), b"none", sys_.MS_BIND, f"bind {src} -> {dst}"
+            )
+        except OSError as e:
+            problems.append(f"bind {src} -> {dst} failed: {e.strerror}")
+    return problems
+
+
+def _spawn(
+    target: _Target, etc: bool, argv: _Argv, kwargs: dict[str, Any]
+) -> subprocess.Popen[Any]:
+    """Call Popen from a throwaway thread that joined *target*."""
+    done = _thread.allocate_lock()
+    done.acquire()
+    box: list[Any] = []  # [Popen or exception, bind problems]
+
+    def body() -> None:
+        problems: list[str] = []
+        try:
+            if etc:
+                sys_.prepare_exec(target.fd, target.what)
+                if target.name is not None:
+                    problems = _bind_etc(target.name)
+            else:
+                sys_.join(target.fd, target.what)
+            box.append(subprocess.Popen(argv, **kwargs))
+        except BaseException as e:
+            box.append(e)
+        finally:
+            box.append(problems)
+            done.release()
+            # The thread exits here; its mount namespace lives on in the child.
+
+    # A bare thread: it is born, works and dies inside this call, so the
+    # bookkeeping of threading.Thread would only add latency to every spawn.
+    _thread.start_new_thread(body, ())
+    try:
+        done.acquire()
+    except BaseException:
+        _abandon(done, box)
+        raise
+    result, problems = box
+    if isinstance(result, BaseException):
+        raise result
+    for problem in problems:
+        log.warning("nslib: %s (namespace %s)", problem, target.what)
+    return result  # type: ignore[no-any-return]
+
+
+def _abandon(done: Any, box: list[Any]) -> None:
+    # Interrupted while the thread works (Ctrl-C): wait for it, then reap any
+    # child it made, so nothing outlives the call unowned.
+    while True:
+        try:
+            done.acquire()
+            break
+        except BaseException:  # a second Ctrl-C must not leak the child
+            continue
+    if box and isinstance(box[0], subprocess.Popen):
+        proc = box[0]
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def popen(
+    ref: NsLike,
+    argv: _Argv,
+    *,
+    etc: bool = True,
+    tracker: _Tracker | None = None,
+    run_dir: str | None = None,
+    **popen_kwargs: Any,
+) -> subprocess.Popen[Any]:
+    """Start *argv* inside the namespace *ref*; return its :class:`subprocess.Popen`.
+
+    *ref* may be an :class:`~nslib.NsHandle`, a :class:`~nslib.NetNamespace`,
+    a reference string as :meth:`NetNamespace.parse` reads it (``blue``,
+    ``name:blue``, ``pid:42``, ``path:/p``, ``ms:web``; a string containing
+    ``/`` is a path), a path object or an int fd.  Named references resolve
+    in *run_dir* (default ``/run/netns``).  ``ms:LABEL`` resolves through
+    *tracker*; without one, a :class:`~nslib.MicroserviceTracker` is started
+    for the call (waiting up to :data:`MS_TIMEOUT` seconds) and stopped.
+
+    With *etc* (the default) the child gets ``ip netns exec`` semantics: a
+    private mount namespace, a fresh ``/sys`` and, for a named namespace, the
+    ``/etc/netns/NAME/*`` bind mounts (see the module docstring, including
+    what happens with symlinks).  With ``etc=False`` it only joins the
+    network namespace: cheaper, and the child shares the host's mounts (its
+    ``/sys/class/net`` then shows the *host's* interfaces).
+
+    The calling thread never changes namespace; *popen_kwargs* go to
+    :class:`subprocess.Popen` unchanged.  Needs CAP_SYS_ADMIN.
+
+    :raises NamespaceNotFound: the namespace, process or name does not exist.
+    :raises InvalidReference: a malformed reference.
+    :raises UnavailableMicroserviceError: no running container holds the label.
+    :raises PermissionError: not allowed to join the namespace or to mount.
+    :raises OSError: what :class:`subprocess.Popen` raises (a missing program
+        is a :class:`FileNotFoundError`).
+    """
+    target = _resolve(ref, tracker, run_dir)
+    try:
+        return _spawn(target, etc, argv, popen_kwargs)
+    finally:
+        target.close()
+
+
+def run(
+    ref: NsLike,
+    argv: _Argv,
+    *,
+    etc: bool = True,
+    tracker: _Tracker | None = None,
+    run_dir: str | None = None,
+    input: str | bytes | None = None,
+    capture_output: bool = False,
+    timeout: float | None = None,
+    check: bool = False,
+    **popen_kwargs: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """:func:`subprocess.run`, inside the namespace *ref*.
+
+    Same arguments and behaviour as :func:`subprocess.run` (*input*,
+    *capture_output*, *timeout*, *check*, and any :class:`subprocess.Popen`
+    keyword), plus the namespace arguments of :func:`popen`.  On timeout the
+    child is killed and :class:`subprocess.TimeoutExpired` raised.
+
+    :raises subprocess.CalledProcessError: *check* is true and the child
+        exited non-zero.
+    :raises subprocess.TimeoutExpired: the child outlived *timeout*.
+    """
+    if input is not None:
+        if popen_kwargs.get("stdin") is not None:
+            raise ValueError("stdin and input arguments may not both be used.")
+        popen_kwargs["stdin"] = subprocess.PIPE
+    if capture_output:
+        if popen_kwargs.get("stdout") is not None or popen_kwargs.get("stderr") is not None:
+            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
+        popen_kwargs["stdout"] = subprocess.PIPE
+        popen_kwargs["stderr"] = subprocess.PIPE
+    with popen(ref, argv, etc=etc, tracker=tracker, run_dir=run_dir, **popen_kwargs) as proc:
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            exc.stdout, exc.stderr = proc.communicate()
+            raise
+        except BaseException:
+            proc.kill()
+            raise
+        retcode = proc.poll()
+        assert retcode is not None
+    if check and retcode:
+        raise subprocess.CalledProcessError(retcode, proc.args, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(proc.args, retcode, stdout, stderr)
