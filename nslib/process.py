@@ -47,11 +47,12 @@ import _thread
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from . import _syscalls as sys_
-from .errors import InvalidReference, UnavailableMicroserviceError
+from .errors import DockerUnavailableError, InvalidReference, UnavailableMicroserviceError
 from .handle import NsHandle
 from .reference import NetNamespace, NsLike, ReferenceType, open_namespace
 
@@ -110,7 +111,7 @@ def _resolve(ref: NsLike, tracker: _Tracker | None, run_dir: str | None) -> _Tar
     )
 
 
-#: How long a call-scoped tracker waits for docker before giving up.
+#: How long a call-scoped tracker waits for its first sync with docker.
 MS_TIMEOUT = 10.0
 
 
@@ -121,13 +122,36 @@ def _resolve_ms(ref: NetNamespace) -> _Target:
     tracker = MicroserviceTracker()
     tracker.start()
     try:
-        ms = tracker.get(ref.reference, timeout=MS_TIMEOUT)
+        wait_synced(tracker, MS_TIMEOUT)
+        ms = tracker.get(ref.reference, timeout=0)
         if ms is None:
             raise UnavailableMicroserviceError(f"{ref}: no running container holds this label")
         h = ms.open_namespace()
     finally:
         tracker.stop()
     return _Target(h.fileno(), h, str(ref), None)
+
+
+def wait_synced(tracker: Any, timeout: float) -> None:
+    """Wait for a fresh tracker's first sync; fail fast if docker refuses.
+
+    A long-lived tracker rides out a daemon that is down; a call-scoped one
+    should not make its caller wait: the first failed connection attempt
+    raises.
+
+    :raises DockerUnavailableError: the daemon could not be reached, or the
+        first sync did not finish within *timeout* seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not tracker.wait_in_sync(0.05):
+        health = tracker.health()
+        if health.last_error and not health.connected:
+            raise DockerUnavailableError(f"docker daemon not reachable: {health.last_error}")
+        if time.monotonic() >= deadline:
+            why = health.last_error or "no answer"
+            raise DockerUnavailableError(
+                f"docker daemon not reachable: no sync within {timeout:g} s ({why})"
+            )
 
 
 def _bind_etc(name: str) -> list[str]:
