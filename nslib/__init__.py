@@ -47,6 +47,10 @@ __version__ = "0.1.0"
 # the switching hot path never pay for them.  name -> (module, attribute);
 # an attribute of None exports the module itself.
 _LAZY: dict[str, tuple[str, str | None]] = {
+    "EventKind": ("microservice", "EventKind"),
+    "Microservice": ("microservice", "Microservice"),
+    "MicroserviceEvent": ("microservice", "MicroserviceEvent"),
+    "MicroserviceTracker": ("microservice", "MicroserviceTracker"),
 }
 
 
@@ -69,8 +73,12 @@ def __dir__() -> list[str]:
 __all__ = [
     "ClosedHandleError",
     "DockerUnavailableError",
+    "EventKind",
     "InvalidName",
     "InvalidReference",
+    "Microservice",
+    "MicroserviceEvent",
+    "MicroserviceTracker",
     "NamespaceExists",
     "NamespaceNotFound",
     "NamespaceRestoreError",

@@ -1,0 +1,1037 @@
+"""A live map from microservice label to container, following the docker daemon.
+
+A container runs microservice ``L`` when its environment holds
+``MICROSERVICE_LABEL=L`` (as in the Ligato agent) or, optionally, when it
+carries a configured docker label.  :class:`MicroserviceTracker` keeps the
+map current from the daemon's event stream and tells subscribers when a
+label appears, disappears, restarts or is claimed twice::
+
+    with MicroserviceTracker() as tracker:
+        ms = tracker.wait_for("vpp1", timeout=30)
+        with ms.open_namespace() as ns:
+            ...
+
+How it stays right (measured daemon behaviour: docs/docker-events.md):
+
+* **Threads.**  A *reader* thread only iterates the event stream and queues
+  what it reads (a daemon slows down for, then drops, a slow reader).  A
+  *worker* thread inspects containers and updates the state.  A *dispatcher*
+  thread runs the callbacks, so a slow or failing callback delays only other
+  callbacks, never the state.
+* **Subscribe, then sync.**  Every (re)connection subscribes with ``since``
+  set a margin before the newest event seen, then queues a resync marker:
+  the worker lists and inspects the running containers and replaces its
+  state with that truth; events that arrive meanwhile wait in the queue and
+  are applied after it, in order.
+* **State, not events.**  Every event (``start``, ``die``, ``destroy``)
+  triggers an ``inspect`` of its container, and the answer is the truth:
+  late, duplicated (dropped by ``(timeNano, id, action)``) and reordered
+  events are harmless, and ``kill``, crashes, self-exits and ``rm -f``
+  (which send ``die`` but no ``stop``) are all seen.
+* **Never gives up.**  Any end of the stream other than :meth:`stop` is a
+  disconnect: reconnect with backoff (0.1 s doubling to 2 s), replay with
+  ``since`` and resync.  A missing daemon at start is not an error.
+* **Never the wrong namespace.**  :meth:`Microservice.open_namespace` pins
+  the process through a ``/proc/<pid>`` directory fd and checks its cgroup
+  names the container before opening ``ns/net`` through that same fd.
+
+The tracker reads PIDs from the daemon, so it must run in the host's PID
+namespace (as root, to open other processes' namespaces).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self
+
+from . import _syscalls as sys_
+from ._docker_state import Change, EventKind, LabelTable, label_of, parse_time_ns
+from .errors import DockerUnavailableError, NamespaceNotFound, UnavailableMicroserviceError
+from .handle import NsHandle
+
+__all__ = [
+    "DEFAULT_LABEL_ENV",
+    "EventKind",
+    "Microservice",
+    "MicroserviceEvent",
+    "MicroserviceTracker",
+    "TrackerHealth",
+]
+
+_log = logging.getLogger("nslib.microservice")
+
+DEFAULT_LABEL_ENV: Final = "MICROSERVICE_LABEL"
+"""The environment variable that names a container's microservice."""
+
+_BACKOFF_MIN = 0.1
+_BACKOFF_MAX = 2.0
+_HEALTHY_STREAM = 5.0  # a stream that lived this long resets the backoff
+_JOIN_TIMEOUT = 2.0
+_DEDUPE_SIZE = 4096
+_CLIENT_TIMEOUT = 10  # seconds per list/inspect request of a client we build
+_ID_RE = re.compile(r"[0-9a-f]{12,64}")
+_EVENTS = ["start", "die", "destroy", "remove"]  # "remove": podman's destroy
+
+
+def _ns_to_datetime(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
+        microsecond=(ns % 1_000_000_000) // 1000
+    )
+
+
+# ----------------------------------------------------------------------------
+# Public value types
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Microservice:
+    """One running container holding a microservice label (one *run* of it).
+
+    A restarted container keeps its ``container_id`` but gets a new ``pid``,
+    ``started_at_ns`` and namespace, so a ``Microservice`` is stale after a
+    restart; :meth:`open_namespace` notices and refuses.
+
+    ``network_mode`` is docker's ``HostConfig.NetworkMode``: ``"none"``,
+    ``"default"``/``"bridge"`` or a network name mean the container has a
+    namespace of its own.  ``"host"`` means its namespace *is* the host's,
+    and ``"container:<id>"`` means it shares another container's; see
+    :meth:`open_namespace` for what nslib does then.
+    """
+
+    label: str
+    container_id: str
+    name: str
+    pid: int
+    created_ns: int
+    """``Created`` in nanoseconds since the epoch (full precision)."""
+    started_at_ns: int
+    """``State.StartedAt`` of this run, in nanoseconds since the epoch."""
+    network_mode: str = "default"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.label, str) or not self.label:
+            raise ValueError(f"label must be a non-empty str, not {self.label!r}")
+        if not isinstance(self.container_id, str) or not _ID_RE.fullmatch(self.container_id):
+            raise ValueError(f"container_id must be a hex container ID, not {self.container_id!r}")
+        if isinstance(self.pid, bool) or not isinstance(self.pid, int) or self.pid <= 0:
+            raise ValueError(f"pid must be a positive int, not {self.pid!r}")
+
+    @property
+    def created(self) -> datetime:
+        """``Created`` as an aware UTC datetime (microseconds; see ``created_ns``)."""
+        return _ns_to_datetime(self.created_ns)
+
+    @property
+    def started_at(self) -> datetime:
+        """``StartedAt`` as an aware UTC datetime (see ``started_at_ns``)."""
+        return _ns_to_datetime(self.started_at_ns)
+
+    @property
+    def shares_network(self) -> bool:
+        """True for ``--network host`` and ``--network container:X``."""
+        return self.network_mode == "host" or self.network_mode.startswith("container:")
+
+    @property
+    def network_container(self) -> str | None:
+        """For ``--network container:X``, the ID (or name) of X; else None."""
+        if self.network_mode.startswith("container:"):
+            return self.network_mode.partition(":")[2]
+        return None
+
+    def open_namespace(self, *, allow_shared: bool = False) -> NsHandle:
+        """Open this container's network namespace; never someone else's.
+
+        The process is pinned by a ``/proc/<pid>`` directory fd; its
+        ``cgroup`` file, read through that fd, must name the container, and
+        ``ns/net`` is opened through the same fd.  If the process exits at
+        any point, the fd gives ESRCH rather than following a reused PID.
+
+        Shared namespaces:
+
+        * ``--network host``: the namespace is the host's, and configuring
+          "the microservice's namespace" would silently configure the host,
+          so this raises unless *allow_shared* is true.
+        * ``--network container:X``: the namespace is X's, which is where the
+          microservice's traffic lives; it is returned (see
+          :attr:`shares_network`).
+        * As a last guard, a namespace equal to this process's own is refused
+          unless *allow_shared* (e.g. ``container:X`` with X on the host
+          network).
+
+        The check needs the container's ID in ``/proc/<pid>/cgroup`` as this
+        process sees it (cgroupfs ``/…/<id>`` and systemd ``docker-<id>.scope``
+        both qualify); a tracker inside its own cgroup namespace may not see
+        it, and then this refuses.
+
+        :raises UnavailableMicroserviceError: the process is gone, belongs to
+            another container or to none (a reused PID), or the namespace is
+            shared and refused.
+        :raises OSError: any other failure (e.g. ``PermissionError``).
+        """
+        what = f"microservice {self.label!r} (container {self.container_id[:12]}, pid {self.pid})"
+        if self.network_mode == "host" and not allow_shared:
+            raise UnavailableMicroserviceError(
+                f"{what} runs with --network host: its namespace is the host's; "
+                "pass allow_shared=True to open it anyway"
+            )
+        try:
+            dfd = os.open(f"/proc/{self.pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            raise UnavailableMicroserviceError(f"{what}: the process has exited") from None
+        try:
+            try:
+                cgroup = _read_at(dfd, "cgroup")
+            except (FileNotFoundError, ProcessLookupError):
+                raise UnavailableMicroserviceError(f"{what}: the process has exited") from None
+            if not _names_container(cgroup, self.container_id):
+                raise UnavailableMicroserviceError(
+                    f"{what}: process {self.pid} is not in the container's cgroup "
+                    "(the container stopped and its PID was reused?)"
+                )
+            try:
+                fd = sys_.open_netns(b"ns/net", what, dirfd=dfd)
+            except NamespaceNotFound:
+                raise UnavailableMicroserviceError(f"{what}: the process has exited") from None
+        finally:
+            os.close(dfd)
+        handle = NsHandle._adopt(fd, what)
+        if not allow_shared and self.network_mode != "host":
+            try:
+                mine = os.stat("/proc/self/ns/net")
+                same = handle.ns_id == (mine.st_dev, mine.st_ino)
+            except BaseException:
+                handle.close()
+                raise
+            if same:
+                handle.close()
+                raise UnavailableMicroserviceError(
+                    f"{what}: its namespace is this process's own (shared network, "
+                    f"mode {self.network_mode!r}); pass allow_shared=True to open it anyway"
+                )
+        return handle
+
+
+def _read_at(dfd: int, name: str) -> str:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _names_container(cgroup: str, container_id: str) -> bool:
+    # The ID must stand alone (not inside a longer hex run): "/<id>",
+    # "docker-<id>.scope", "libpod-<id>".
+    pat = rf"(?<![0-9a-f]){re.escape(container_id)}(?![0-9a-f])"
+    return re.search(pat, cgroup) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class MicroserviceEvent:
+    """A change of a label, delivered to :meth:`MicroserviceTracker.subscribe` callbacks.
+
+    ``microservice`` is the new holder (STARTED, RESTARTED, CONFLICT) or the
+    one that stopped (STOPPED).  For CONFLICT, ``claimants`` lists every
+    running claimant, winner first.  ``daemon_time_ns`` is the ``timeNano``
+    of the daemon event whose processing found the change, or None when a
+    resync found it.
+    """
+
+    kind: EventKind
+    label: str
+    microservice: Microservice
+    claimants: tuple[Microservice, ...] = ()
+    daemon_time_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerHealth:
+    """A snapshot of :meth:`MicroserviceTracker.health`."""
+
+    started: bool
+    stopped: bool
+    connected: bool
+    """An event stream is open."""
+    in_sync: bool
+    """Connected, and the resync after the last (re)connection finished."""
+    synced_once: bool
+    last_error: str | None
+    """The most recent problem, kept after recovery (see ``last_error_time``)."""
+    last_error_time: float | None
+    reconnects: int
+    """Successful subscriptions after the first."""
+    last_event_time: float | None
+    """``timeNano`` (as Unix seconds) of the newest daemon event received."""
+    events_received: int
+    duplicates_dropped: int
+    resyncs: int
+    callback_errors: int
+
+
+# ----------------------------------------------------------------------------
+# Internal queue items
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_STOP = _Marker("stop")
+_DISCONNECTED = _Marker("disconnected")
+
+
+@dataclass(frozen=True, slots=True)
+class _Resync:
+    generation: int
+
+
+@dataclass(slots=True)
+class _Subscription:
+    callback: Callable[[MicroserviceEvent], object]
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Subscribe:
+    sub: _Subscription
+    replay: tuple[MicroserviceEvent, ...]
+
+
+@dataclass(slots=True)
+class _Counters:
+    last_error: str | None = None
+    last_error_time: float | None = None
+    reconnects: int = 0
+    subscriptions: int = 0
+    last_event_ns: int | None = None
+    events_received: int = 0
+    duplicates: int = 0
+    resyncs: int = 0
+    callback_errors: int = 0
+
+
+@dataclass(slots=True)
+class _AsyncWaiter:
+    label: str
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Microservice | None]
+    done: bool = field(default=False)
+
+
+# ----------------------------------------------------------------------------
+# The tracker
+
+
+class MicroserviceTracker:
+    """Follows a docker daemon and keeps a live ``label -> Microservice`` map.
+
+    :param client: A ``docker.DockerClient`` (or ``docker.APIClient``).  The
+        tracker does not close a client it was given.  None (the default)
+        builds one from the environment (``DOCKER_HOST``, as
+        ``docker.from_env``; a podman docker-compatible socket works too),
+        lazily and retried, so a daemon that is not up yet is not an error.
+    :param label_env: Environment variable naming the microservice; None
+        disables env detection.
+    :param label_key: Docker label key naming the microservice; None (the
+        default) disables label detection.  With ``label_env=None`` the
+        daemon filters the events by this label.
+    :param resync_interval: Seconds between safety-net resyncs while
+        connected (list + inspect of all running containers, ~2 ms each);
+        None disables them.
+    :param since_margin: Seconds replayed before the newest event seen when
+        reconnecting (events can be stamped slightly out of order).
+
+    Callbacks run on the tracker's dispatcher thread, one at a time, in the
+    order the changes were found (so in order per label).  The state
+    (:meth:`snapshot`, :meth:`get`) is updated *before* the callbacks for a
+    change run.  A tracker runs once: after :meth:`stop` make a new one.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        label_env: str | None = DEFAULT_LABEL_ENV,
+        label_key: str | None = None,
+        resync_interval: float | None = 300.0,
+        since_margin: float = 2.0,
+    ) -> None:
+        if not label_env and not label_key:
+            raise ValueError("give label_env or label_key (or both)")
+        if resync_interval is not None and resync_interval <= 0:
+            raise ValueError(f"resync_interval must be positive or None, not {resync_interval!r}")
+        if since_margin < 0:
+            raise ValueError(f"since_margin must not be negative, not {since_margin!r}")
+        self._client: Any = client
+        self._owns_client = client is None
+        self._label_env = label_env or None
+        self._label_key = label_key or None
+        self._resync_interval = resync_interval
+        self._margin_ns = int(since_margin * 1e9)
+
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._table: LabelTable[Microservice] = LabelTable()
+        self._async_waiters: list[_AsyncWaiter] = []
+        self._counters = _Counters()
+        self._connected = False
+        self._in_sync = False
+        self._synced_once = False
+        self._generation = 0
+
+        self._events_q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._dispatch_q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._started = False
+        self._stream_lock = threading.Lock()
+        self._stream: Any = None
+        self._max_seen_ns: int | None = None
+        self._reconnect_gate: threading.Event | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start following the daemon; returns at once (see :meth:`wait_in_sync`).
+
+        A daemon that cannot be reached is not an error: the tracker keeps
+        trying and :meth:`health` says why it is not in sync.
+
+        :raises RuntimeError: the tracker was started before.
+        """
+        with self._lock:
+            if self._started:
+                raise RuntimeError("this MicroserviceTracker was started already")
+            self._started = True
+        self._threads = [
+            threading.Thread(target=self._dispatch_main, name="nslib-ms-dispatch", daemon=True),
+            threading.Thread(target=self._worker_main, name="nslib-ms-worker", daemon=True),
+            threading.Thread(target=self._reader_main, name="nslib-ms-reader", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop following the daemon and end every tracker thread.  Idempotent.
+
+        Closes the event stream from this thread (the blocked reader wakes at
+        once), drops callbacks not yet delivered, and waits for the threads.
+        No callback starts after this returns.  A callback that is running
+        delays the return until it finishes (up to 2 s), unless ``stop`` is
+        called from inside that callback.
+        """
+        with self._lock:
+            self._stopping.set()
+            self._in_sync = False
+            self._connected = False
+            self._changed.notify_all()
+            waiters, self._async_waiters = self._async_waiters, []
+        for w in waiters:
+            self._resolve_async(w, None)
+        self._close_stream()
+        self._events_q.put(_STOP)
+        self._dispatch_q.put(_STOP)
+        gate = self._reconnect_gate
+        if gate is not None:
+            gate.set()
+        me = threading.current_thread()
+        for t in self._threads:
+            if t is not me:
+                t.join(_JOIN_TIMEOUT)
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):  # closing a pool does not really fail
+                client.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- queries --------------------------------------------------------------
+
+    @property
+    def in_sync(self) -> bool:
+        """Connected, and the map reflects the daemon as of the last (re)connection."""
+        return self._in_sync
+
+    def wait_in_sync(self, timeout: float | None = None) -> bool:
+        """Wait until :attr:`in_sync` (or *timeout* seconds); return :attr:`in_sync`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not self._in_sync and not self._stopping.is_set():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return self._in_sync
+
+    def get(self, label: str, timeout: float | None = 10.0) -> Microservice | None:
+        """The container holding *label*, or None if no running container does.
+
+        Waits for the first sync (at most *timeout* seconds; None waits as
+        long as it takes).  After that it answers at once from the map, which
+        may lag reality while the daemon is unreachable (see :meth:`health`).
+
+        :raises DockerUnavailableError: the tracker has never been in sync
+            (the daemon was unreachable for the whole *timeout*).
+        :raises RuntimeError: the tracker was never started.
+        """
+        self._check_started()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not self._synced_once and not self._stopping.is_set():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            if not self._synced_once:
+                raise DockerUnavailableError(self._not_synced_reason())
+            return self._table.winner(label)
+
+    def wait_for(self, label: str, timeout: float | None) -> Microservice:
+        """Wait until a running container holds *label*, and return it.
+
+        :raises UnavailableMicroserviceError: nothing holds it after *timeout*
+            seconds, or the tracker was stopped.
+        :raises DockerUnavailableError: the tracker never got in sync with the
+            daemon within *timeout*.
+        :raises RuntimeError: the tracker was never started.
+        """
+        self._check_started()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while True:
+                ms = self._table.winner(label)
+                if ms is not None:
+                    return ms
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self._stopping.is_set() or (remaining is not None and remaining <= 0):
+                    raise self._wait_error(label, timeout)
+                self._changed.wait(remaining)
+
+    async def wait_for_async(self, label: str, timeout: float | None) -> Microservice:
+        """Asyncio twin of :meth:`wait_for`; never blocks the event loop.
+
+        Cancelling the awaiting task is safe.
+        """
+        self._check_started()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            ms = self._table.winner(label)
+            if ms is not None:
+                return ms
+            if self._stopping.is_set():
+                raise self._wait_error(label, timeout)
+            fut: asyncio.Future[Microservice | None] = loop.create_future()
+            waiter = _AsyncWaiter(label, loop, fut)
+            self._async_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                result = await waiter.future
+        except TimeoutError:
+            raise self._wait_error(label, timeout) from None
+        finally:
+            with self._lock:
+                if waiter in self._async_waiters:
+                    self._async_waiters.remove(waiter)
+        if result is None:  # stopped
+            raise self._wait_error(label, timeout)
+        return result
+
+    def snapshot(self) -> dict[str, Microservice]:
+        """A copy of the current map: label -> the container holding it."""
+        with self._lock:
+            return self._table.winners()
+
+    def claimants(self, label: str) -> tuple[Microservice, ...]:
+        """Every running container claiming *label*, the holder first."""
+        with self._lock:
+            return self._table.claimants(label)
+
+    def health(self) -> TrackerHealth:
+        """Connection and sync state, the last error, and counters."""
+        with self._lock:
+            c = self._counters
+            return TrackerHealth(
+                started=self._started,
+                stopped=self._stopping.is_set(),
+                connected=self._connected,
+                in_sync=self._in_sync,
+                synced_once=self._synced_once,
+                last_error=c.last_error,
+                last_error_time=c.last_error_time,
+                reconnects=c.reconnects,
+                last_event_time=None if c.last_event_ns is None else c.last_event_ns / 1e9,
+                events_received=c.events_received,
+                duplicates_dropped=c.duplicates,
+                resyncs=c.resyncs,
+                callback_errors=c.callback_errors,
+            )
+
+    # -- subscriptions --------------------------------------------------------
+
+    def subscribe(
+        self, callback: Callable[[MicroserviceEvent], object], *, replay: bool = False
+    ) -> Callable[[], None]:
+        """Call *callback* with every later :class:`MicroserviceEvent`; return an unsubscriber.
+
+        With *replay*, the callback first gets a STARTED (and a CONFLICT where
+        several containers claim a label) for every label held right now,
+        consistent with the events that follow: nothing missed, nothing twice.
+
+        Callbacks run on the dispatcher thread (see the class docs); an
+        exception is logged to the ``nslib.microservice`` logger and counted
+        in :meth:`health`, and the tracker carries on.  Calling the returned
+        function (idempotent) guarantees no further call starts.
+        """
+        sub = _Subscription(callback)
+        with self._lock:
+            # Under the state lock, so the replay sits exactly at this point
+            # of the change sequence the dispatcher delivers.
+            events: list[MicroserviceEvent] = []
+            if replay:
+                for label, ms in sorted(self._table.winners().items()):
+                    events.append(MicroserviceEvent(EventKind.STARTED, label, ms))
+                    claim = self._table.claimants(label)
+                    if len(claim) >= 2:
+                        events.append(MicroserviceEvent(EventKind.CONFLICT, label, ms, claim))
+            self._dispatch_q.put(_Subscribe(sub, tuple(events)))
+
+        def unsubscribe() -> None:
+            sub.cancelled = True
+
+        return unsubscribe
+
+    # -- internals: helpers -----------------------------------------------------
+
+    def _check_started(self) -> None:
+        if not self._started:
+            raise RuntimeError("the MicroserviceTracker is not started (call start())")
+
+    def _not_synced_reason(self) -> str:
+        if self._stopping.is_set():
+            return "the microservice tracker was stopped before it ever got in sync"
+        why = self._counters.last_error or "the first sync has not finished"
+        return f"the microservice tracker is not in sync with docker: {why}"
+
+    def _wait_error(self, label: str, timeout: float | None) -> Exception:
+        if not self._synced_once:
+            return DockerUnavailableError(self._not_synced_reason())
+        if self._stopping.is_set():
+            return UnavailableMicroserviceError(
+                f"microservice {label!r}: the tracker was stopped while waiting"
+            )
+        return UnavailableMicroserviceError(
+            f"microservice {label!r}: no running container holds it after {timeout} s"
+        )
+
+    def _note_error(self, message: str) -> None:
+        with self._lock:
+            self._counters.last_error = message
+            self._counters.last_error_time = time.time()
+        _log.warning("%s", message)
+
+    def _api(self) -> Any:
+        client = self._client
+        if client is None:
+            import docker  # lazily: `import nslib` must not load docker
+
+            # from_env() asks the daemon for its API version, so it raises
+            # while the daemon is down; that is one more retry, not an error.
+            client = docker.from_env(timeout=_CLIENT_TIMEOUT)
+            with self._lock:
+                if self._stopping.is_set():
+                    client.close()
+                    raise DockerUnavailableError("tracker stopping")
+                self._client = client
+        return getattr(client, "api", client)
+
+    @staticmethod
+    def _is_not_found(exc: BaseException) -> bool:
+        import docker.errors
+
+        return isinstance(exc, docker.errors.NotFound)
+
+    # -- internals: reader ----------------------------------------------------
+
+    def _reader_main(self) -> None:
+        backoff = _BACKOFF_MIN
+        while not self._stopping.is_set():
+            opened_at = time.monotonic()
+            try:
+                stream = self._open_stream()
+            except Exception as e:
+                self._note_error(f"cannot subscribe to docker events: {_describe(e)}")
+                stream = None
+            if stream is not None:
+                self._read(stream)
+                if self._stopping.is_set():
+                    break
+                self._note_error("docker event stream ended (daemon restarted or connection lost)")
+                if time.monotonic() - opened_at >= _HEALTHY_STREAM:
+                    backoff = _BACKOFF_MIN
+            self._events_q.put(_DISCONNECTED)
+            if self._stopping.wait(backoff):
+                break
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+            gate = self._reconnect_gate
+            if gate is not None:  # test hook, see _force_reconnect
+                gate.wait()
+                self._reconnect_gate = None
+
+    def _open_stream(self) -> Any:
+        api = self._api()
+        if self._max_seen_ns is not None:
+            since_ns = self._max_seen_ns - self._margin_ns
+        else:
+            since_ns = self._daemon_now_ns(api) - self._margin_ns
+        filters: dict[str, Any] = {"type": "container", "event": _EVENTS}
+        if self._label_env is None and self._label_key is not None:
+            filters["label"] = self._label_key
+        # A string: the daemon reads "<sec>.<9-digit ns>" exactly; a float
+        # rounds and can skip an event.
+        since = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
+        stream = api.events(since=since, filters=filters, decode=True)
+        # The SDK turns an HTTP error into an empty stream; the status is
+        # only visible on the response.
+        status = getattr(getattr(stream, "_response", None), "status_code", 200)
+        if status != 200:
+            _close_quietly(stream)
+            raise DockerUnavailableError(f"the daemon refused the event stream: HTTP {status}")
+        with self._stream_lock:
+            if self._stopping.is_set():
+                _close_quietly(stream)
+                return None
+            self._stream = stream
+        with self._lock:
+            c = self._counters
+            c.subscriptions += 1
+            if c.subscriptions > 1:
+                c.reconnects += 1
+            self._generation += 1
+            self._connected = True
+            self._events_q.put(_Resync(self._generation))
+        return stream
+
+    def _daemon_now_ns(self, api: Any) -> int:
+        # First subscription: "now" on the daemon's clock.  A unix socket is
+        # this host's clock; a remote daemon's may differ by more than the
+        # margin, so ask it.
+        if str(getattr(api, "base_url", "")).startswith(("http+docker://", "http+unix://")):
+            return time.time_ns()
+        try:
+            return parse_time_ns(str(api.info()["SystemTime"]))
+        except (KeyError, ValueError):
+            return time.time_ns()
+
+    def _read(self, stream: Any) -> None:
+        put = self._events_q.put
+        counters = self._counters
+        try:
+            for ev in stream:
+                # Nothing slow here: a reader that lags makes the daemon
+                # drop events (and slows every other client down).
+                t = ev.get("timeNano")
+                if isinstance(t, int) and (self._max_seen_ns is None or t > self._max_seen_ns):
+                    self._max_seen_ns = t
+                    counters.last_event_ns = t
+                counters.events_received += 1
+                put(ev)
+        except Exception as e:  # the SDK hides most errors; be safe anyway
+            self._note_error(f"reading docker events failed: {_describe(e)}")
+        finally:
+            with self._stream_lock:
+                self._stream = None
+            _close_quietly(stream)
+            with self._lock:
+                self._connected = False
+                self._in_sync = False
+                self._changed.notify_all()
+
+    def _close_stream(self) -> None:
+        with self._stream_lock:
+            stream = self._stream
+        if stream is not None:
+            _close_quietly(stream)
+
+    def _force_reconnect(self, gate: threading.Event | None = None) -> None:
+        """Test hook: drop the event stream as a network failure would.
+
+        With *gate*, the reader does not reconnect until the gate is set (or
+        the tracker stops), so a test can make changes the stream misses.
+        """
+        self._reconnect_gate = gate
+        self._close_stream()
+
+    # -- internals: worker ------------------------------------------------------
+
+    def _worker_main(self) -> None:
+        seen: OrderedDict[tuple[object, object, object], None] = OrderedDict()
+        resync_due: float | None = None  # monotonic time of a retry or periodic resync
+        carry: object = None
+        retry = _BACKOFF_MIN
+        while True:
+            if carry is not None:
+                item, carry = carry, None
+            else:
+                timeout = None if resync_due is None else max(0.0, resync_due - time.monotonic())
+                try:
+                    item = self._events_q.get(timeout=timeout)
+                except queue.Empty:
+                    item = None
+            if item is _STOP or self._stopping.is_set():
+                return
+            if item is None:  # a resync is due
+                with self._lock:
+                    generation = self._generation if self._connected else None
+                if generation is None:
+                    resync_due = None  # the next connection resyncs anyway
+                elif self._resync(generation):
+                    retry = _BACKOFF_MIN
+                    resync_due = self._next_periodic()
+                else:
+                    resync_due = time.monotonic() + retry
+                    retry = min(retry * 2, _BACKOFF_MAX)
+            elif isinstance(item, _Resync):
+                if self._resync(item.generation):
+                    retry = _BACKOFF_MIN
+                    resync_due = self._next_periodic()
+                else:
+                    resync_due = time.monotonic() + retry
+                    retry = min(retry * 2, _BACKOFF_MAX)
+            elif item is _DISCONNECTED:
+                resync_due = None
+            elif isinstance(item, dict):
+                batch = [item]
+                while True:  # coalesce what is already queued: one inspect per container
+                    try:
+                        nxt = self._events_q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(nxt, dict):
+                        carry = nxt
+                        break
+                    batch.append(nxt)
+                if not self._apply_events(batch, seen):
+                    resync_due = time.monotonic()  # an inspect failed: repair by resync
+
+    def _next_periodic(self) -> float | None:
+        if self._resync_interval is None:
+            return None
+        return time.monotonic() + self._resync_interval
+
+    def _microservice(self, info: Mapping[str, Any]) -> Microservice | None:
+        state = info.get("State") or {}
+        pid = state.get("Pid") or 0
+        if not state.get("Running") or not isinstance(pid, int) or pid <= 0:
+            return None  # exited, restarting, or not started yet
+        label = label_of(info, self._label_env, self._label_key)
+        if label is None:
+            return None
+        try:
+            return Microservice(
+                label=label,
+                container_id=str(info["Id"]),
+                name=str(info.get("Name") or "").lstrip("/"),
+                pid=pid,
+                created_ns=parse_time_ns(str(info["Created"])),
+                started_at_ns=parse_time_ns(str(state["StartedAt"])),
+                network_mode=str((info.get("HostConfig") or {}).get("NetworkMode") or "default"),
+            )
+        except (KeyError, ValueError) as e:
+            _log.warning("ignoring container %s: unexpected inspect data: %s", info.get("Id"), e)
+            return None
+
+    def _apply_events(
+        self, batch: list[dict[str, Any]], seen: OrderedDict[tuple[object, object, object], None]
+    ) -> bool:
+        cause: dict[str, int] = {}
+        for ev in batch:
+            actor = ev.get("Actor") or {}
+            cid = actor.get("ID") or ev.get("id")
+            key = (ev.get("timeNano"), cid, ev.get("Action") or ev.get("status"))
+            if key in seen:
+                with self._lock:
+                    self._counters.duplicates += 1
+                continue
+            seen[key] = None
+            if len(seen) > _DEDUPE_SIZE:
+                seen.popitem(last=False)
+            if isinstance(cid, str):
+                t = ev.get("timeNano")
+                cause[cid] = max(cause.get(cid, 0), t if isinstance(t, int) else 0)
+        if not cause:
+            return True
+        truth: dict[str, Microservice | None] = {}
+        gone: list[str] = []
+        ok = True
+        for cid in cause:
+            if self._stopping.is_set():
+                return True
+            try:
+                info = self._api().inspect_container(cid)
+            except Exception as e:
+                if self._is_not_found(e):
+                    truth[cid] = None
+                    gone.append(cid)
+                else:  # state unknown: leave it, a resync will repair it
+                    self._note_error(f"inspecting container {cid[:12]} failed: {_describe(e)}")
+                    ok = False
+                continue
+            truth[cid] = self._microservice(info)
+        with self._lock:
+            changes = self._table.update(truth)
+            self._table.forget(gone)
+            self._publish(changes, cause)
+        return ok
+
+    def _resync(self, generation: int) -> bool:
+        try:
+            api = self._api()
+            filters = {"label": self._label_key} if self._label_env is None else None
+            listed = api.containers(filters=filters)  # running (and paused) only
+            running: dict[str, Microservice] = {}
+            for entry in listed:
+                if self._stopping.is_set():
+                    return True
+                cid = entry["Id"]
+                try:
+                    info = api.inspect_container(cid)
+                except Exception as e:
+                    if self._is_not_found(e):
+                        continue  # removed since the list: its events follow
+                    raise
+                ms = self._microservice(info)
+                if ms is not None:
+                    running[cid] = ms
+        except Exception as e:
+            self._note_error(f"resync with docker failed: {_describe(e)}")
+            return False
+        with self._lock:
+            changes = self._table.replace(running)
+            self._counters.resyncs += 1
+            self._publish(changes, {})
+            if generation == self._generation and self._connected:
+                self._in_sync = True
+                self._synced_once = True
+            self._changed.notify_all()
+        return True
+
+    def _publish(self, changes: list[Change[Microservice]], cause: Mapping[str, int]) -> None:
+        # Caller holds self._lock: state change and queueing are one step,
+        # which subscribe(replay=True) relies on.
+        if not changes:
+            return
+        for ch in changes:
+            ev = MicroserviceEvent(
+                ch.kind,
+                ch.label,
+                ch.subject,
+                ch.claimants,
+                cause.get(ch.subject.container_id) or None,
+            )
+            if ch.kind is EventKind.CONFLICT:
+                _log.warning(
+                    "microservice %r is claimed by %d running containers; %s (%s) wins",
+                    ch.label,
+                    len(ch.claimants),
+                    ch.subject.name,
+                    ch.subject.container_id[:12],
+                )
+            self._dispatch_q.put(ev)
+        self._changed.notify_all()
+        if self._async_waiters:
+            still = []
+            for w in self._async_waiters:
+                ms = self._table.winner(w.label)
+                if ms is None:
+                    still.append(w)
+                else:
+                    self._resolve_async(w, ms)
+            self._async_waiters = still
+
+    @staticmethod
+    def _resolve_async(w: _AsyncWaiter, ms: Microservice | None) -> None:
+        def resolve() -> None:
+            if not w.future.done():
+                w.future.set_result(ms)
+
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            w.loop.call_soon_threadsafe(resolve)
+
+    # -- internals: dispatcher --------------------------------------------------
+
+    def _dispatch_main(self) -> None:
+        subs: list[_Subscription] = []
+        while True:
+            item = self._dispatch_q.get()
+            if item is _STOP or self._stopping.is_set():
+                return
+            if isinstance(item, _Subscribe):
+                subs.append(item.sub)
+                for ev in item.replay:
+                    self._deliver(item.sub, ev)
+                continue
+            assert isinstance(item, MicroserviceEvent)
+            for sub in list(subs):
+                if sub.cancelled:
+                    subs.remove(sub)
+                else:
+                    self._deliver(sub, item)
+
+    def _deliver(self, sub: _Subscription, ev: MicroserviceEvent) -> None:
+        if sub.cancelled or self._stopping.is_set():
+            return
+        try:
+            sub.callback(ev)
+        except Exception:
+            with self._lock:
+                self._counters.callback_errors += 1
+            _log.exception("microservice callback %r failed on %s", sub.callback, ev.kind.name)
+
+    def __repr__(self) -> str:
+        h = self.health()
+        state = "stopped" if h.stopped else "in sync" if h.in_sync else "not in sync"
+        return f"<MicroserviceTracker {state}, {len(self.snapshot())} labels>"
+
+
+def _close_quietly(stream: Any) -> None:
+    with contextlib.suppress(Exception):  # closing twice, or a half-torn-down socket
+        stream.close()
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.errno in (errno.ENOENT, errno.ECONNREFUSED):
+        text = f"{text} (is the docker daemon running?)"
+    return text
