@@ -44,19 +44,22 @@ iproute2's VRF reset is not done.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import logging
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from . import _syscalls as sys_
 from .errors import DockerUnavailableError, InvalidReference, UnavailableMicroserviceError
 from .handle import NsHandle
 from .reference import NetNamespace, NsLike, ReferenceType, open_namespace
 
-__all__ = ["ETC_NETNS_DIR", "popen", "run"]
+__all__ = ["ETC_NETNS_DIR", "MS_TIMEOUT", "execvp", "popen", "run"]
 
 #: Where ``ip netns exec`` looks for per-namespace ``/etc`` files.
 ETC_NETNS_DIR = "/etc/netns"
@@ -179,10 +182,8 @@ def _bind_etc(name: str) -> list[str]:
     return problems
 
 
-def _spawn(
-    target: _Target, etc: bool, argv: _Argv, kwargs: dict[str, Any]
-) -> subprocess.Popen[Any]:
-    """Call Popen from a throwaway thread that joined *target*."""
+def _spawn(target: _Target, etc: bool, launch: Any) -> Any:
+    """Call ``launch()`` from a throwaway thread that joined *target*; return its result."""
     done = _thread.allocate_lock()
     done.acquire()
     box: list[Any] = []  # [Popen or exception, bind problems]
@@ -196,7 +197,7 @@ def _spawn(
                     problems = _bind_etc(target.name)
             else:
                 sys_.join(target.fd, target.what)
-            box.append(subprocess.Popen(argv, **kwargs))
+            box.append(launch())
         except BaseException as e:
             box.append(e)
         finally:
@@ -216,8 +217,8 @@ def _spawn(
     if isinstance(result, BaseException):
         raise result
     for problem in problems:
-        log.warning("nslib: %s (namespace %s)", problem, target.what)
-    return result  # type: ignore[no-any-return]
+        log.warning("%s (namespace %s)", problem, target.what)
+    return result
 
 
 def _abandon(done: Any, box: list[Any]) -> None:
@@ -276,7 +277,10 @@ def popen(
     """
     target = _resolve(ref, tracker, run_dir)
     try:
-        return _spawn(target, etc, argv, popen_kwargs)
+        proc: subprocess.Popen[Any] = _spawn(
+            target, etc, lambda: subprocess.Popen(argv, **popen_kwargs)
+        )
+        return proc
     finally:
         target.close()
 
@@ -329,3 +333,53 @@ def run(
     if check and retcode:
         raise subprocess.CalledProcessError(retcode, proc.args, output=stdout, stderr=stderr)
     return subprocess.CompletedProcess(proc.args, retcode, stdout, stderr)
+
+
+def execvp(
+    ref: NsLike,
+    argv: Sequence[str],
+    *,
+    etc: bool = True,
+    tracker: _Tracker | None = None,
+    run_dir: str | None = None,
+    env: dict[str, str] | None = None,
+) -> NoReturn:
+    """Replace this process by *argv* run inside *ref*, as ``ip netns exec`` does.
+
+    The namespace work happens on a throwaway thread, which then calls
+    ``execvp(3)``: the kernel ends every other thread and the process keeps
+    its PID, its stdio and the thread's namespaces.  Standard streams are
+    flushed first, and SIGPIPE/SIGXFSZ are reset to their defaults (Python
+    ignores them) so the new program behaves as it would from a shell.  Call
+    it from the main thread.  Returns only by raising.
+
+    :param env: the new environment (default: this process's).
+    :raises FileNotFoundError: the program was not found (nothing changed).
+    :raises PermissionError: the program is not executable, or joining the
+        namespace was refused.
+    :raises NamespaceNotFound: the namespace does not exist.
+    """
+    if not argv:
+        raise ValueError("execvp needs a program to run")
+    args = [os.fspath(a) for a in argv]
+    target = _resolve(ref, tracker, run_dir)
+    try:
+        saved = {}
+        for name in ("SIGPIPE", "SIGXFSZ"):
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                saved[signum] = signal.signal(signum, signal.SIG_DFL)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        try:
+            if env is None:
+                _spawn(target, etc, lambda: os.execvp(args[0], args))
+            else:
+                _spawn(target, etc, lambda: os.execvpe(args[0], args, env))
+        finally:  # exec failed: put things back
+            for signum, handler in saved.items():
+                signal.signal(signum, handler)
+    finally:
+        target.close()
+    raise AssertionError("unreachable: exec returned")  # pragma: no cover
