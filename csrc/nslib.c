@@ -17,11 +17,13 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+#include <linux/magic.h>
 #include <linux/nsfs.h>
 
-#define NSLIB_ABI 1
+#define NSLIB_ABI 2
 
 #define NSLIB_ENOTNS -2		/* the file is not a namespace at all */
 #define NSLIB_EWRONGTYPE -3	/* a namespace, but not a network one */
@@ -46,6 +48,7 @@ struct nslib_thread {
 	int home;		/* fd + 1, so that zeroed TLS means "not open" */
 	int depth;
 	int poisoned;
+	int last;		/* what the latest nslib_enter() returned */
 	int saved[NSLIB_MAX_DEPTH];
 };
 
@@ -70,8 +73,39 @@ static void nslib_make_key(void)
 	pthread_key_create(&nslib_key, nslib_thread_exit);
 }
 
-static int nslib_setns(int fd, int nstype) { return setns(fd, nstype); }
-static int nslib_unshare(int flags) { return unshare(flags); }
+/*
+ * The cached home is only right while nslib alone moves the thread.  When
+ * the thread moves for good outside a switch (join, unshare, a raw setns),
+ * its home is wherever it now is: forget the old one.  Inside a switch the
+ * saved fds still say where each leave goes back to.
+ */
+static void nslib_moved(void)
+{
+	struct nslib_thread *t = &nslib_t;
+
+	if (t->depth == 0 && t->home > 0) {
+		close(t->home - 1);
+		t->home = 0;
+	}
+}
+
+static int nslib_setns(int fd, int nstype)
+{
+	int rc = setns(fd, nstype);
+
+	if (rc == 0)
+		nslib_moved();
+	return rc;
+}
+
+static int nslib_unshare(int flags)
+{
+	int rc = unshare(flags);
+
+	if (rc == 0 && (flags & CLONE_NEWNET))
+		nslib_moved();
+	return rc;
+}
 
 static int nslib_mount(const char *src, const char *target, const char *fstype,
 		       unsigned long flags, const char *data)
@@ -90,21 +124,36 @@ static int nslib_open_current(void)
 	return open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
 }
 
-/* 0 if fd is a network namespace, NSLIB_ENOTNS / NSLIB_EWRONGTYPE if not. */
+/*
+ * 0 if fd is a network namespace, NSLIB_ENOTNS / NSLIB_EWRONGTYPE if not.
+ * The filesystem is checked first so that the ioctl only ever reaches nsfs,
+ * never some device driver that might give the number a meaning.
+ */
 static int nslib_check_netns(int fd, int *nstype)
 {
-	int type = ioctl(fd, NS_GET_NSTYPE);
+	struct statfs sfs;
+	int type;
 
+	*nstype = 0;
+	if (fstatfs(fd, &sfs) < 0)
+		return -1;
+	if (sfs.f_type != NSFS_MAGIC)
+		return NSLIB_ENOTNS;
+	type = ioctl(fd, NS_GET_NSTYPE);
 	*nstype = type < 0 ? 0 : type;
 	if (type < 0)
 		return errno == EBADF ? -1 : NSLIB_ENOTNS;
 	return type == CLONE_NEWNET ? 0 : NSLIB_EWRONGTYPE;
 }
 
-/* open + check in one call, so a rejected file never leaks its fd. */
+/*
+ * open + check in one call, so a rejected file never leaks its fd.
+ * O_NONBLOCK and O_NOCTTY: a wrong path naming a FIFO or a terminal must
+ * fail the check, not hang or acquire a controlling terminal.
+ */
 static int nslib_open_netns(int dirfd, const char *path, int *nstype)
 {
-	int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+	int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	int rc, err;
 
 	*nstype = 0;
@@ -145,9 +194,8 @@ static int nslib_home(struct nslib_thread *t)
  * On any failure nothing is pushed, nothing leaks and the thread has not
  * moved.
  */
-static int nslib_enter(int target)
+static int nslib_enter_(struct nslib_thread *t, int target)
 {
-	struct nslib_thread *t = &nslib_t;
 	int prev, err;
 
 	if (t->poisoned)
@@ -169,6 +217,21 @@ static int nslib_enter(int target)
 	t->saved[t->depth++] = prev;
 	return t->depth;
 }
+
+static int nslib_enter(int target)
+{
+	struct nslib_thread *t = &nslib_t;
+
+	t->last = nslib_enter_(t, target);
+	return t->last;
+}
+
+/*
+ * What the latest nslib_enter() on this thread returned.  Python can be
+ * interrupted (KeyboardInterrupt) right after the C call returns and before
+ * it stores the depth; this tells it whether there is a switch to undo.
+ */
+static int nslib_last_enter(void) { return nslib_t.last; }
 
 /*
  * Undo the innermost nslib_enter(), which returned `depth`; a leave out of
@@ -204,7 +267,10 @@ static int nslib_join(int target)
 {
 	if (nslib_t.poisoned)
 		return NSLIB_EPOISONED;
-	return setns(target, CLONE_NEWNET);
+	if (setns(target, CLONE_NEWNET) < 0)
+		return -1;
+	nslib_moved();
+	return 0;
 }
 
 /*
@@ -214,7 +280,7 @@ static int nslib_join(int target)
 static int nslib_socket_in(int target, int family, int type, int proto)
 {
 	int sock, err;
-	int rc = nslib_enter(target);
+	int rc = nslib_enter_(&nslib_t, target);
 
 	if (rc < 0)
 		return rc;
@@ -319,6 +385,7 @@ static int nslib_prepare_exec(int netfd)
 		return NSLIB_EPOISONED;
 	if (setns(netfd, CLONE_NEWNET) < 0)
 		return -1;
+	nslib_moved();
 	if (unshare(CLONE_NEWNS) < 0)
 		return -1;
 	if (mount("", "/", "none", MS_SLAVE | MS_REC, NULL) < 0)

@@ -29,6 +29,7 @@ int nslib_check_netns(int fd, int *nstype);
 int nslib_enter(int target);
 int nslib_leave(int depth);
 int nslib_depth(void);
+int nslib_last_enter(void);
 int nslib_poisoned(void);
 int nslib_join(int target);
 

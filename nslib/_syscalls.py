@@ -18,7 +18,7 @@ ffi = _native.ffi
 lib = _native.lib
 
 # A stale .so in an editable checkout would silently miss newer shims.
-_ABI = 1
+_ABI = 2
 if lib.NSLIB_ABI != _ABI:  # pragma: no cover
     raise ImportError(f"nslib._native ABI {lib.NSLIB_ABI} != {_ABI}; rebuild (pip install -e .)")
 
@@ -41,6 +41,8 @@ EORDER: int = lib.NSLIB_EORDER
 # The switching hot path calls these directly and checks the return itself.
 raw_enter = lib.nslib_enter
 raw_leave = lib.nslib_leave
+raw_depth = lib.nslib_depth
+raw_last_enter = lib.nslib_last_enter
 
 _NSTYPES = {
     0x00020000: "mnt",
@@ -54,8 +56,16 @@ _NSTYPES = {
 }
 
 
-def fail(rc: int, what: str, path: str | None = None, nstype: int = 0) -> NoReturn:
+def fail(rc: int, what: str, path: str | None = None, nstype: int = 0, *, fd: int = -1) -> NoReturn:
+    """Raise the error for a failed shim that returned *rc*.
+
+    *fd* is the namespace fd a failed setns(2) was given: its EINVAL means
+    "not a namespace" or "not a network namespace", which is checked here so
+    the caller gets :class:`NotANamespace` rather than a bare EINVAL.
+    """
     err = ffi.errno  # first: any later C call overwrites it
+    if rc == -1 and err == errno.EINVAL and fd >= 0:
+        check_netns(fd, what)  # raises NotANamespace if that is the cause
     if rc == _ENOTNS:
         raise NotANamespace(f"not a namespace: {what}")
     if rc == _EWRONGTYPE:
@@ -79,7 +89,10 @@ def encode_path(path: str | bytes | os.PathLike[str], what: str) -> bytes:
     """``os.fsencode`` that rejects NUL bytes with a typed error."""
     from .errors import InvalidReference
 
-    raw = os.fsencode(path)
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:
+        raise InvalidReference(f"path cannot be encoded as a file name: {what}") from None
     if b"\0" in raw:
         raise InvalidReference(f"path contains a NUL byte: {what}")
     return raw
@@ -114,7 +127,7 @@ def enter(fd: int, what: str) -> int:
     """Move the calling thread into *fd*; return the new nesting depth."""
     depth = lib.nslib_enter(fd)
     if depth < 0:
-        fail(depth, what)
+        fail(depth, what, fd=fd)
     return depth
 
 
@@ -125,9 +138,10 @@ def leave(depth: int, what: str) -> None:
         leave_failed(rc, what)
 
 
-def leave_failed(rc: int, what: str) -> NoReturn:
-    """Raise for a failed ``nslib_leave`` (read errno first)."""
-    err = ffi.errno
+def leave_failed(rc: int, what: str, err: int | None = None) -> NoReturn:
+    """Raise for a failed ``nslib_leave`` (*err*: its errno, read right after it)."""
+    if err is None:
+        err = ffi.errno
     if rc == EORDER:
         raise RuntimeError(
             f"nslib: cannot leave {what} out of order: an inner switch on this thread "
@@ -152,13 +166,18 @@ def join(fd: int, what: str) -> None:
     """Move the calling thread into *fd* for good (pinned workers)."""
     rc = lib.nslib_join(fd)
     if rc < 0:
-        fail(rc, what)
+        fail(rc, what, fd=fd)
 
 
 def socket_in(fd: int, family: int, type: int, proto: int, what: str) -> int:
     """``socket(2)`` created inside *fd*'s namespace, atomically."""
     sock = lib.nslib_socket_in(fd, family, type, proto)
     if sock < 0:
+        err = ffi.errno
+        if sock == -1 and err == errno.EINVAL:
+            # EINVAL may be socket(2)'s (a bad family or type), not setns'.
+            check_netns(fd, what)
+            raise OSError(err, f"{os.strerror(err)}: socket({family}, {type}, {proto}) in {what}")
         fail(sock, what)
     return sock
 
@@ -181,7 +200,7 @@ def prepare_exec(fd: int, what: str) -> None:
     """On a dedicated thread: join *fd*, private mount ns, fresh /sys."""
     rc = lib.nslib_prepare_exec(fd)
     if rc < 0:
-        fail(rc, what)
+        fail(rc, what, fd=fd)
 
 
 def mount(src: bytes, target: bytes, fstype: bytes, flags: int, what: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import warnings
@@ -47,7 +48,10 @@ class NsHandle:
         try:
             sys_.check_netns(fd, self._what)
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                # Ownership was passed, so close it; a bad fd has nothing to close.
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             raise
         self._fd = fd
 

@@ -30,6 +30,10 @@ def validate_name(name: str) -> str:
         raise InvalidName(f"namespace name {name!r} contains '/'")
     if "\0" in name:
         raise InvalidName(f"namespace name {name!r} contains a NUL byte")
-    if len(os.fsencode(name)) > NAME_MAX:
+    try:
+        raw = os.fsencode(name)
+    except UnicodeEncodeError:
+        raise InvalidName(f"namespace name {name!r} cannot be encoded as a file name") from None
+    if len(raw) > NAME_MAX:
         raise InvalidName(f"namespace name is longer than {NAME_MAX} bytes: {name[:20]!r}...")
     return name

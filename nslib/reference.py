@@ -36,6 +36,7 @@ _PREFIX = {
     "pid": ReferenceType.PID,
     "path": ReferenceType.FD,
     "ms": ReferenceType.MICROSERVICE,
+    "undefined": ReferenceType.UNDEFINED,
 }
 _PREFIX_OF = {v: k for k, v in _PREFIX.items()}
 _PID_RE = re.compile(r"[1-9][0-9]*")
@@ -47,7 +48,8 @@ class NetNamespace:
 
     Build one with :meth:`named`, :meth:`pid`, :meth:`path`, :meth:`thread`,
     :meth:`microservice` or :meth:`parse`; ``str()`` gives back the form
-    :meth:`parse` reads (``name:blue``, ``pid:42``, ``path:/p``, ``ms:web``).
+    :meth:`parse` reads (``name:blue``, ``pid:42``, ``path:/p``, ``ms:web``,
+    ``undefined:``).
     """
 
     type: ReferenceType
@@ -55,6 +57,13 @@ class NetNamespace:
 
     def __post_init__(self) -> None:
         t, ref = self.type, self.reference
+        if type(t) is not ReferenceType:
+            # Accept the seed's plain ints, but store the enum (for str()).
+            try:
+                t = ReferenceType(t)
+            except (ValueError, TypeError):
+                raise InvalidReference(f"unknown reference type {t!r}") from None
+            object.__setattr__(self, "type", t)
         if not isinstance(ref, str):
             raise InvalidReference(f"reference must be a str, not {type(ref).__name__}")
         if "\0" in ref:
@@ -70,8 +79,13 @@ class NetNamespace:
         elif t == ReferenceType.UNDEFINED:
             if ref:
                 raise InvalidReference(f"an UNDEFINED reference carries no value: {ref!r}")
-        elif t != ReferenceType.FD:
-            raise InvalidReference(f"unknown reference type {t!r}")
+        elif not ref:  # FD
+            raise InvalidReference("path reference is empty")
+        else:
+            try:
+                os.fsencode(ref)
+            except UnicodeEncodeError:
+                raise InvalidReference(f"path cannot be encoded as a file name: {ref!r}") from None
 
     @classmethod
     def named(cls, name: str) -> NetNamespace:
@@ -105,7 +119,11 @@ class NetNamespace:
 
     @classmethod
     def parse(cls, text: str) -> NetNamespace:
-        """Parse ``name:N``, ``pid:P``, ``path:F``, ``ms:L``, or a bare name.
+        """Parse ``name:N``, ``pid:P``, ``path:F``, ``ms:L``, ``undefined:``, or a bare name.
+
+        The inverse of ``str()``: ``parse(str(ref)) == ref`` for every valid
+        reference.  A bare string is a name, so ``parse("blue")`` equals
+        ``parse("name:blue")``.
 
         :raises InvalidReference: anything else (``InvalidName`` for bad names).
         """
@@ -117,13 +135,11 @@ class NetNamespace:
         if sep:
             raise InvalidReference(
                 f"unknown reference kind {kind!r} in {text!r}; "
-                "use name:, pid:, path: or ms: (or a bare name)"
+                "use name:, pid:, path:, ms: or undefined: (or a bare name)"
             )
         return cls(ReferenceType.NSID, text)
 
     def __str__(self) -> str:
-        if self.type == ReferenceType.UNDEFINED:
-            return "undefined"
         return f"{_PREFIX_OF[self.type]}:{self.reference}"
 
 

@@ -19,6 +19,7 @@ The rules (namespaces are per *thread*):
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import queue
 import socket
@@ -28,7 +29,7 @@ from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar, final
 
 from . import _syscalls as sys_
-from .errors import ClosedHandleError, InvalidReference
+from .errors import ClosedHandleError, InvalidReference, NamespaceRestoreError
 from .handle import NsHandle
 from .reference import NetNamespace, NsLike, open_namespace
 
@@ -50,7 +51,20 @@ T = TypeVar("T")
 
 _raw_enter = sys_.raw_enter
 _raw_leave = sys_.raw_leave
+_raw_depth = sys_.raw_depth
+_raw_last_enter = sys_.raw_last_enter
 _running_loop = asyncio._get_running_loop
+_FD_MAX = 2**31 - 1
+
+
+def _undo_interrupted_enter() -> None:
+    # An asynchronous exception (KeyboardInterrupt from a signal handler) is
+    # raised as soon as a C call returns, before Python stores its result.
+    # If that call was a successful enter, the switch is still the innermost:
+    # undo it, so the exception leaves the thread where it was.
+    last = _raw_last_enter()
+    if last > 0 and last == _raw_depth():
+        _raw_leave(last)
 
 
 def _resolve(ns: NsLike) -> tuple[int, NsHandle | None, str]:
@@ -61,8 +75,8 @@ def _resolve(ns: NsLike) -> tuple[int, NsHandle | None, str]:
         h = open_namespace(ns)
         return h.fileno(), h, str(ns)
     if isinstance(ns, int) and not isinstance(ns, bool):
-        if ns < 0:
-            raise OSError(9, f"Bad file descriptor: fd {ns}")
+        if not 0 <= ns <= _FD_MAX:
+            raise OSError(errno.EBADF, f"{os.strerror(errno.EBADF)}: fd {ns}")
         return ns, None, f"fd {ns}"
     if isinstance(ns, str | os.PathLike):
         h = NsHandle.from_path(ns)
@@ -109,7 +123,11 @@ class entered:
             # The hot path: a handle we do not own, no open, one C call.
             fd = ns._fd
             if fd >= 0 and _running_loop() is None:
-                depth = _raw_enter(fd)
+                try:
+                    depth = _raw_enter(fd)
+                except BaseException:
+                    _undo_interrupted_enter()
+                    raise
                 if depth > 0:
                     self._depth = depth
                     return ns
@@ -127,23 +145,30 @@ class entered:
         else:
             fd, self._own, self._what = _resolve(ns)
             handle = self._own
-        if _running_loop() is not None:
-            self._drop()
+        try:
             _refuse_on_loop(self._what)
-        depth = _raw_enter(fd)
-        if depth < 0:
+            try:
+                depth = _raw_enter(fd)
+            except BaseException:
+                _undo_interrupted_enter()
+                raise
+            if depth < 0:
+                sys_.fail(depth, self._what, fd=fd)
+        except BaseException:
             self._drop()
-            sys_.fail(depth, self._what)
+            raise
         self._depth = depth
         return handle
 
     def __exit__(self, *exc: object) -> None:
-        rc = _raw_leave(self._depth)
-        self._depth = 0
-        if self._own is not None:
-            self._drop()
-        if rc < 0:
-            sys_.leave_failed(rc, self._describe())
+        depth, self._depth = self._depth, 0
+        try:
+            rc = _raw_leave(depth)
+            if rc < 0:
+                sys_.leave_failed(rc, self._describe())  # reads errno first
+        finally:
+            if self._own is not None:
+                self._drop()
 
     def _describe(self) -> str:
         ns = self._ns
@@ -176,20 +201,43 @@ class Revert:
         return self._depth == 0
 
     def __call__(self) -> None:
-        """Move the thread back (a no-op the second time)."""
-        if not self._depth:
+        """Move the thread back (a no-op the second time).
+
+        :raises RuntimeError: called on another thread, or out of order (an
+            inner switch is still active); nothing changed and it may be
+            called again later.
+        :raises NamespaceRestoreError: the kernel refused; the thread is
+            poisoned.
+        """
+        depth = self._depth
+        if not depth:
             return
         if threading.get_ident() != self._thread:
-            raise RuntimeError("revert() must be called on the thread that switched")
-        rc = _raw_leave(self._depth)
-        if rc < 0 and rc == sys_.EORDER:
-            sys_.leave_failed(rc, self._what)  # nothing changed; may be retried
+            raise RuntimeError(
+                f"revert() of the switch to {self._what} must be called on the thread that switched"
+            )
         self._depth = 0
+        try:
+            rc = _raw_leave(depth)
+        except BaseException:
+            # Interrupted after the C call: it left unless it refused.
+            if _raw_depth() >= depth:
+                self._depth = depth
+            else:
+                self._close_own()
+            raise
+        if rc == sys_.EORDER:
+            self._depth = depth  # nothing changed; may be retried
+            sys_.leave_failed(rc, self._what)
+        err = sys_.ffi.errno if rc < 0 else 0
+        self._close_own()
+        if rc < 0:
+            sys_.leave_failed(rc, self._what, err)
+
+    def _close_own(self) -> None:
         own, self._own = self._own, None
         if own is not None:
             own.close()
-        if rc < 0:
-            sys_.leave_failed(rc, self._what)
 
     def __enter__(self) -> Revert:
         return self
@@ -218,14 +266,22 @@ def switch_to(ns: NsLike) -> Revert:
     fd, own, what = _resolve(ns)
     try:
         _refuse_on_loop(what)
-        depth = _raw_enter(fd)
+        # Made before the switch, so no call can be interrupted between the
+        # switch and the object that undoes it.
+        revert = Revert(0, own, what)
+        try:
+            depth = _raw_enter(fd)
+        except BaseException:
+            _undo_interrupted_enter()
+            raise
         if depth < 0:
-            sys_.fail(depth, what)
+            sys_.fail(depth, what, fd=fd)
     except BaseException:
         if own is not None:
             own.close()
         raise
-    return Revert(depth, own, what)
+    revert._depth = depth
+    return revert
 
 
 def switch_depth() -> int:
@@ -247,7 +303,23 @@ class _Owned:
         self.handle = own if own is not None else NsHandle.from_fd(fd)
 
     def join(self) -> None:
-        sys_.join(self.handle.fileno(), self.what)
+        """Move the calling (fresh) thread into the namespace; close the handle.
+
+        Once joined, the thread itself keeps the namespace alive.
+        """
+        try:
+            sys_.join(self.handle.fileno(), self.what)
+        finally:
+            self.handle.close()
+
+    def start(self, thread: threading.Thread) -> None:
+        """Start *thread*, which owns the handle from then on."""
+        try:
+            thread.start()
+        except BaseException:
+            if thread.ident is None:  # never ran: nobody else will close it
+                self.handle.close()
+            raise
 
 
 def run_in(ns: NsLike, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -266,12 +338,9 @@ def run_in(ns: NsLike, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs)
         except BaseException as e:
             box.append((False, e))
 
-    try:
-        t = threading.Thread(target=body, name=f"nslib-run-in {target.what}", daemon=True)
-        t.start()
-        t.join()
-    finally:
-        target.handle.close()
+    t = threading.Thread(target=body, name=f"nslib-run-in {target.what}", daemon=True)
+    target.start(t)
+    t.join()
     ok, value = box[0]
     if ok:
         return value  # type: ignore[no-any-return]
@@ -295,10 +364,8 @@ async def run_in_async(ns: NsLike, fn: Callable[P, T], /, *args: P.args, **kwarg
             fut.set_exception(e)
         else:
             fut.set_result(result)
-        finally:
-            target.handle.close()
 
-    threading.Thread(target=body, name=f"nslib-run-in {target.what}", daemon=True).start()
+    target.start(threading.Thread(target=body, name=f"nslib-run-in {target.what}", daemon=True))
     return await asyncio.wrap_future(fut)
 
 
@@ -323,10 +390,13 @@ class PinnedExecutor(Executor):
         self._thread = threading.Thread(
             target=self._work, args=(target, ready), name=f"nslib-pinned {target.what}", daemon=True
         )
-        self._thread.start()
+        target.start(self._thread)
         try:
             ready.result()
         except BaseException:
+            # The join failed (or we were interrupted): stop the worker.
+            self._shutdown = True
+            self._queue.put(_STOP)
             self._thread.join()
             raise
 
@@ -334,24 +404,31 @@ class PinnedExecutor(Executor):
         try:
             target.join()
         except BaseException as e:
-            target.handle.close()
             ready.set_exception(e)
             return
         ready.set_result(None)
-        try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    break
-                fut, fn, args, kwargs = item
-                if not fut.set_running_or_notify_cancel():
-                    continue
-                try:
-                    fut.set_result(fn(*args, **kwargs))
-                except BaseException as e:
-                    fut.set_exception(e)
-        finally:
-            target.handle.close()
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            fut, fn, args, kwargs = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            # A task that failed to switch back, or left a switch open, has
+            # moved the worker: run nothing more in the wrong namespace.
+            if sys_.poisoned() or _raw_depth():
+                fut.set_exception(
+                    NamespaceRestoreError(
+                        errno.EIO,
+                        f"the pinned worker for {self._what} is no longer in its namespace "
+                        "(an earlier task failed to switch back or left a switch open)",
+                    )
+                )
+                continue
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as e:
+                fut.set_exception(e)
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on the pinned worker."""
@@ -407,4 +484,8 @@ def socket_in(
     finally:
         if own is not None:
             own.close()
-    return socket.socket(family, type, proto, fileno=sock)
+    try:
+        return socket.socket(family, type, proto, fileno=sock)
+    except BaseException:
+        os.close(sock)
+        raise
