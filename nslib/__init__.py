@@ -51,6 +51,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Microservice": ("microservice", "Microservice"),
     "MicroserviceEvent": ("microservice", "MicroserviceEvent"),
     "MicroserviceTracker": ("microservice", "MicroserviceTracker"),
+    "named": ("named", None),
 }
 
 
@@ -93,6 +94,7 @@ __all__ = [
     "UnavailableMicroserviceError",
     "__version__",
     "entered",
+    "named",
     "open_namespace",
     "pinned",
     "run_in",

@@ -1,0 +1,666 @@
+"""Named network namespaces, compatible with ``ip netns`` and fork-free.
+
+A named namespace is a bind mount of a namespace file onto an empty
+*placeholder* file in a run directory (``/run/netns`` by default, which
+``/var/run/netns`` also reaches).  Everything here interoperates with
+iproute2 in both directions: ``ip netns list`` / ``exec`` / ``del`` see the
+namespaces made here, and :func:`delete` or
+:meth:`~nslib.handle.NsHandle.from_name` accept the ones ``ip netns add``
+made.  Nothing forks and the calling thread never changes namespace.
+
+Every function takes ``run_dir=`` (default :data:`~nslib.names.DEFAULT_RUN_DIR`)
+so tests and sandboxes can use a private directory.  Names are checked with
+iproute2's rules (:func:`~nslib.names.validate_name`) before anything touches
+the filesystem, and no lookup ever creates anything.
+
+Concurrency (threads and processes, nslib and ``ip`` alike):
+
+- a name is reserved by creating its placeholder with ``O_CREAT|O_EXCL``, so
+  exactly one creator can win it;
+- the creator binds the namespace onto *its own* placeholder through the fd
+  it holds (``/proc/thread-self/fd/N``), never through the path, so a
+  placeholder that was removed and re-created meanwhile is never mounted
+  twice;
+- while a creation is in progress the creator holds ``flock(LOCK_EX)`` on
+  the placeholder, which :func:`stale` and :func:`repair` respect;
+- :func:`delete` only ever removes a *mounted* name, so it cannot destroy a
+  creation in progress.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+from . import _syscalls as sys_
+from .errors import InvalidReference, NamespaceExists, NamespaceNotFound, NotANamespace, oserror
+from .handle import NsHandle
+from .names import DEFAULT_RUN_DIR, validate_name
+
+__all__ = [
+    "RunDirStatus",
+    "attach",
+    "create",
+    "delete",
+    "exists",
+    "identify",
+    "list",
+    "pids",
+    "repair",
+    "run_dir_status",
+    "stale",
+]
+
+_O_PLACEHOLDER = os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_O_PEEK = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+_nsfs: int | None = None
+
+
+def _nsfs_dev() -> int:
+    # Every namespace file lives on the one internal nsfs superblock, so a
+    # stat() whose st_dev is nsfs's means "a namespace is mounted here".
+    global _nsfs
+    if _nsfs is None:
+        _nsfs = os.stat("/proc/thread-self/ns/net").st_dev
+    return _nsfs
+
+
+def _dir(run_dir: str | None) -> str:
+    d = DEFAULT_RUN_DIR if run_dir is None else os.fspath(run_dir)
+    if not d:
+        raise InvalidReference("run_dir is empty")
+    sys_.encode_path(d, f"run_dir {d!r}")  # rejects NUL bytes
+    return d
+
+
+def _fd_path(fd: int) -> bytes:
+    # A magic link to exactly the file the fd holds, usable from any thread.
+    return b"/proc/thread-self/fd/%d" % fd
+
+
+def _reraise(e: OSError, what: str, path: str) -> OSError:
+    """*e* again, with a message naming *what* and the real *path*."""
+    return oserror(e.errno or errno.EIO, what, path)
+
+
+# -- the run directory ------------------------------------------------------
+
+
+def _prepare_run_dir(run_dir: str) -> None:
+    """Make *run_dir* exist and be a shared mount point, as ``ip netns add`` does.
+
+    iproute2's order: mkdir; ``flock(LOCK_EX)`` on the directory (parallel
+    first-time setups once stacked bind mounts until machines hung, Debian
+    bug 949235); then make it ``MS_SHARED|MS_REC``, and if that fails with
+    EINVAL (not a mount point yet) bind it onto itself with ``MS_BIND|MS_REC``
+    (recursive, so mounts already inside stay visible) and retry.
+
+    One step goes beyond the iproute2 6.1 installed here: right after our own
+    self-bind, the new mount is made ``MS_PRIVATE`` before the retry makes it
+    shared.  A bind of a shared mount joins its parent's peer group, and
+    then every namespace mount inside propagates to the parent as well and
+    appears twice (newer iproute2 does the same to get a peer group of its
+    own).  It is only done to a mount made a moment ago under the lock:
+    making an existing run directory private would cut off whatever mount
+    namespaces receive propagation from it.
+
+    The lock covers only this setup, as in iproute2: the placeholder's
+    ``O_EXCL`` is what makes a name unique, so creations of different names
+    never wait for each other.
+    """
+    raw = os.fsencode(run_dir)
+    what = f"setting up the run directory {run_dir}"
+    try:
+        os.mkdir(run_dir, 0o755)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(run_dir, 0o755, exist_ok=True)
+    except OSError as e:
+        raise _reraise(e, f"cannot create the run directory {run_dir}", run_dir) from None
+    try:
+        lock = os.open(run_dir, _O_DIR)
+    except OSError as e:
+        raise _reraise(e, f"cannot open the run directory {run_dir}", run_dir) from None
+    try:
+        with contextlib.suppress(OSError):  # as iproute2: proceed unlocked
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        made = False
+        while True:
+            try:
+                sys_.mount(b"", raw, b"none", sys_.MS_SHARED | sys_.MS_REC, what)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL or made:
+                    raise
+            sys_.mount(raw, raw, b"none", sys_.MS_BIND | sys_.MS_REC, what)
+            made = True
+            sys_.mount(b"", raw, b"none", sys_.MS_PRIVATE, what)
+    finally:
+        os.close(lock)  # also drops the flock
+
+
+def _ensure_run_dir(run_dir: str) -> None:
+    probe = getattr(sys_, "run_dir_ready", None)
+    if probe is not None and probe(os.fsencode(run_dir)):
+        return  # already a shared mount point with a peer group of its own
+    _prepare_run_dir(run_dir)
+
+
+# -- creating ---------------------------------------------------------------
+
+
+def _reserve(name: str, path: str, run_dir: str) -> int:
+    """Create the placeholder with O_EXCL and lock it; return its fd."""
+    try:
+        fd = os.open(path, _O_PLACEHOLDER, 0)
+    except FileExistsError:
+        raise NamespaceExists(
+            errno.EEXIST, f"named namespace {name!r} exists already in {run_dir}", path
+        ) from None
+    except OSError as e:
+        raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
+    try:
+        # Marks "creation in progress" for stale()/repair().  Blocking: if
+        # repair() is looking at this very file, wait; it will have removed
+        # it and the bind below then fails cleanly with ENOENT.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        _abandon(fd, path)
+        raise
+    return fd
+
+
+def _abandon(fd: int, path: str, *, mounted: bool = False) -> None:
+    """Undo a failed creation: unmount if we mounted, unlink if still ours."""
+    try:
+        mine = os.fstat(fd)
+        if mounted:
+            with contextlib.suppress(OSError):
+                sys_.umount2(os.fsencode(path), sys_.MNT_DETACH, f"undoing {path}")
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return  # already gone
+        # Someone may have removed ours and made a new one: leave theirs.
+        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def _bind(ns_fd: int, placeholder_fd: int, name: str, path: str) -> None:
+    what = f"binding namespace {name!r} onto {path}"
+    try:
+        sys_.mount(_fd_path(ns_fd), _fd_path(placeholder_fd), b"none", sys_.MS_BIND, what)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise NamespaceNotFound(
+                errno.ENOENT,
+                f"the placeholder of {name!r} was removed while it was being bound",
+                path,
+            ) from None
+        raise _reraise(e, what, path) from None
+
+
+def _name_onto(name: str, run_dir: str, source: NsHandle | None) -> NsHandle | None:
+    """Reserve *name* and bind a namespace onto it; leave nothing on failure.
+
+    With *source* (owned by the caller, never closed here) that namespace is
+    named.  Without, a new namespace is made only once the name is reserved
+    (iproute2's order), and its handle is returned.
+    """
+    path = os.path.join(run_dir, name)
+    _ensure_run_dir(run_dir)
+    fd = _reserve(name, path, run_dir)
+    made: NsHandle | None = None
+    mounted = False
+    try:
+        if source is None:
+            # unshare(CLONE_NEWNET) on a throwaway thread; its fd is what gets
+            # bound, so the handle returned is exactly the namespace created
+            # even if another thread deletes the name before we return.
+            made = NsHandle._adopt(sys_.new_netns(), f"name:{name}")
+            source = made
+        _bind(source.fileno(), fd, name, path)
+        mounted = True
+    except BaseException:
+        if made is not None:
+            made.close()
+        _abandon(fd, path, mounted=mounted)
+        raise
+    os.close(fd)  # drops the flock: the name is complete
+    return made
+
+
+def create(name: str, *, run_dir: str | None = None) -> NsHandle:
+    """Create the named network namespace *name*, like ``ip netns add``.
+
+    iproute2's sequence: make the run directory, lock it, make it a shared
+    mount (binding it onto itself the first time), create the placeholder
+    with ``O_CREAT|O_EXCL``, ``unshare(CLONE_NEWNET)`` on a throwaway thread
+    (never the caller's, never a forked process) and bind that namespace
+    onto the placeholder.  On any failure nothing is left behind: no
+    placeholder, no mount, and the calling thread never moved.  The run
+    directory's own self-bind, once made, stays (it is set-up, as with
+    ``ip``).
+
+    :returns: a handle on the new namespace (close it; it keeps the
+        namespace alive even after :func:`delete`).
+    :raises InvalidName: *name* is not a valid ``ip netns`` name.
+    :raises NamespaceExists: the name is taken (also a ``FileExistsError``);
+        the existing namespace is untouched.
+    :raises PermissionError: no CAP_SYS_ADMIN.
+    :raises OSError: the run directory cannot be set up (read-only, ...).
+    """
+    validate_name(name)
+    made = _name_onto(name, _dir(run_dir), None)
+    assert made is not None
+    return made
+
+
+def attach(name: str, pid: int | NsHandle, *, run_dir: str | None = None) -> None:
+    """Name an existing namespace, like ``ip netns attach NAME PID``.
+
+    *pid* is a process (its main thread's namespace) or an open
+    :class:`~nslib.handle.NsHandle`.  The namespace is pinned by an fd
+    before it is bound, so a PID that exits or is reused meanwhile can never
+    bind the wrong namespace.  Failure hygiene is that of :func:`create`.
+
+    :raises InvalidName: *name* is not a valid ``ip netns`` name.
+    :raises NamespaceExists: the name is taken.
+    :raises NamespaceNotFound: no process *pid*.
+    :raises PermissionError: no CAP_SYS_ADMIN.
+    """
+    validate_name(name)
+    d = _dir(run_dir)
+    if isinstance(pid, NsHandle):
+        _name_onto(name, d, pid)
+        return
+    with NsHandle.from_pid(pid) as h:
+        _name_onto(name, d, h)
+
+
+# -- deleting ---------------------------------------------------------------
+
+
+def delete(name: str, *, run_dir: str | None = None) -> None:
+    """Delete the named namespace *name*, like ``ip netns del``.
+
+    Unmounts the bind mount with ``MNT_DETACH`` and unlinks the placeholder.
+    Only the *name* goes away: the namespace itself lives on while anything
+    holds it, as the kernel does for any namespace, e.g. an open
+    :class:`~nslib.handle.NsHandle` (including the one :func:`create`
+    returned), a process or thread inside it, or a socket made in it.  Its
+    interfaces and routes stay until the last holder is gone.
+
+    A placeholder with nothing mounted on it (a stale one, or one whose
+    :func:`create` is still in progress) is not a namespace: it raises
+    :class:`~nslib.errors.NamespaceNotFound` and is left alone; see
+    :func:`stale` and :func:`repair`.
+
+    :raises InvalidName: *name* is not a valid ``ip netns`` name.
+    :raises NamespaceNotFound: no namespace of that name (also a
+        ``FileNotFoundError``).
+    :raises PermissionError: no CAP_SYS_ADMIN.
+    """
+    validate_name(name)
+    d = _dir(run_dir)
+    path = os.path.join(d, name)
+    raw = os.fsencode(path)
+    what = f"deleting named namespace {name!r}"
+    for _ in range(16):  # each pass peels one mount stacked on the name
+        try:
+            sys_.umount2(raw, sys_.MNT_DETACH, what)
+        except OSError as e:
+            if e.errno == errno.EINVAL and os.path.lexists(path):
+                raise NamespaceNotFound(
+                    errno.ENOENT,
+                    f"{path} has no namespace mounted on it (a stale placeholder: "
+                    f"nslib.named.repair({name!r}) removes it; or a create() in progress)",
+                    path,
+                ) from None
+            if e.errno in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR):
+                raise NamespaceNotFound(
+                    errno.ENOENT, f"no named namespace {name!r} in {d}", path
+                ) from None
+            raise _reraise(e, what, path) from None
+        # Unmounting was the deletion; the unlink below is tidying up.
+        try:
+            os.unlink(path)
+            return
+        except FileNotFoundError:
+            return  # removed by someone else after our unmount
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise _reraise(e, f"cannot remove the placeholder of {name!r}", path) from None
+    raise OSError(errno.EBUSY, f"{path} stays busy: too many mounts stacked on it", path)
+
+
+# -- looking up -------------------------------------------------------------
+
+
+def exists(name: str, *, run_dir: str | None = None) -> bool:
+    """Whether *name* is a live named network namespace.
+
+    ``False`` for a stale placeholder (which still blocks :func:`create`;
+    :func:`repair` removes it).  Creates nothing.
+
+    :raises InvalidName: *name* is not a valid ``ip netns`` name.
+    """
+    validate_name(name)
+    path = os.path.join(_dir(run_dir), name)
+    try:
+        fd = sys_.open_netns(os.fsencode(path), f"name:{name}")
+    except (NamespaceNotFound, NotANamespace, NotADirectoryError):
+        return False
+    os.close(fd)
+    return True
+
+
+def list(*, run_dir: str | None = None) -> builtins.list[str]:
+    """Every name in the run directory, sorted.
+
+    ``ip netns list`` prints them in directory order; sorting makes the
+    result stable.  Like ``ip``, this includes stale placeholders (see
+    :func:`stale`).  A missing run directory is an empty list.
+    """
+    d = _dir(run_dir)
+    try:
+        return sorted(os.listdir(d))
+    except FileNotFoundError:
+        return []
+
+
+def _scan(run_dir: str, *, follow: bool) -> builtins.list[tuple[str, os.stat_result]]:
+    """``(name, stat)`` of every entry; entries that vanish are skipped."""
+    try:
+        dfd = os.open(run_dir, _O_DIR)
+    except FileNotFoundError:
+        return []
+    out = []
+    try:
+        with os.scandir(dfd) as it:
+            for entry in it:
+                try:
+                    out.append((entry.name, entry.stat(follow_symlinks=follow)))
+                except OSError:
+                    continue
+    finally:
+        os.close(dfd)
+    return out
+
+
+def identify(pid_or_handle: int | NsHandle, *, run_dir: str | None = None) -> builtins.list[str]:
+    """Every name bound to the namespace of a process or handle, sorted.
+
+    Like ``ip netns identify`` (which prints only one): namespaces are
+    compared by ``(st_dev, st_ino)``.  An ``int`` means that process's main
+    thread; for a thread pass ``NsHandle.from_thread(...)`` or
+    ``NsHandle.current()``.  An empty list means the namespace has no name.
+
+    :raises NamespaceNotFound: no process *pid*.
+    """
+    if isinstance(pid_or_handle, NsHandle):
+        key = pid_or_handle.ns_id
+    else:
+        pid = pid_or_handle
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise InvalidReference(f"pid must be a positive int or an NsHandle, not {pid!r}")
+        try:
+            st = os.stat(f"/proc/{pid}/ns/net")
+        except FileNotFoundError:
+            raise NamespaceNotFound(errno.ESRCH, f"no process {pid}") from None
+        key = (st.st_dev, st.st_ino)
+    return sorted(n for n, st in _scan(_dir(run_dir), follow=True) if (st.st_dev, st.st_ino) == key)
+
+
+def pids(name: str, *, run_dir: str | None = None) -> builtins.list[int]:
+    """Every process with at least one thread inside the named namespace, sorted.
+
+    Unlike ``ip netns pids``, which looks only at each process's main
+    thread, every thread (``/proc/*/task/*/ns/net``) counts, so a process
+    whose worker thread sits in the namespace is listed too.  Processes that
+    exit meanwhile or cannot be inspected (EACCES) are skipped.  Open fds
+    and sockets also keep a namespace alive but are not looked for.
+
+    :raises NamespaceNotFound: no such name.
+    :raises NotANamespace: a stale placeholder.
+    """
+    validate_name(name)
+    path = os.path.join(_dir(run_dir), name)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r}", path) from None
+    if st.st_dev != _nsfs_dev():
+        raise NotANamespace(f"{path} is a stale placeholder, not a mounted namespace")
+    key = (st.st_dev, st.st_ino)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            s = os.stat(f"/proc/{entry}/ns/net")
+            if (s.st_dev, s.st_ino) == key:
+                found.append(int(entry))
+                continue
+        except OSError:
+            pass  # exited, unreadable, or a zombie leader: look at its threads
+        try:
+            tids = os.listdir(f"/proc/{entry}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            if tid == entry:
+                continue
+            try:
+                s = os.stat(f"/proc/{entry}/task/{tid}/ns/net")
+            except OSError:
+                continue
+            if (s.st_dev, s.st_ino) == key:
+                found.append(int(entry))
+                break
+    return sorted(found)
+
+
+# -- stale placeholders -----------------------------------------------------
+
+
+def _creating(fd: int) -> bool:
+    """Whether a create() holds the placeholder open (its flock)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def stale(*, run_dir: str | None = None) -> builtins.list[str]:
+    """Names whose placeholder has no namespace mounted on it, sorted.
+
+    Such a file is left when a mount disappears behind ``ip``'s back (a
+    container's private mount namespace, a manual ``umount``, a crashed
+    tool).  It blocks :func:`create` of that name and cannot be opened.
+    Placeholders whose :func:`create` is still in progress are not listed.
+    """
+    d = _dir(run_dir)
+    nsfs = _nsfs_dev()
+    out = []
+    for n, st in _scan(d, follow=False):
+        if st.st_dev == nsfs or not stat.S_ISREG(st.st_mode):
+            continue
+        try:
+            fd = os.open(os.path.join(d, n), _O_PEEK)
+        except OSError:
+            continue
+        try:
+            if not _creating(fd):
+                out.append(n)
+        finally:
+            os.close(fd)
+    return sorted(out)
+
+
+def repair(name: str, *, run_dir: str | None = None) -> None:
+    """Remove the stale placeholder *name* (see :func:`stale`).
+
+    Refuses anything that is not stale, so it can never delete a namespace.
+
+    :raises InvalidName: *name* is not a valid ``ip netns`` name.
+    :raises NamespaceNotFound: no such name.
+    :raises NamespaceExists: *name* is a healthy mounted namespace (use
+        :func:`delete`), or its :func:`create` is in progress.
+    :raises InvalidReference: the entry is not a placeholder file
+        (a directory or a symlink, which nslib and ``ip`` never make).
+    """
+    validate_name(name)
+    d = _dir(run_dir)
+    path = os.path.join(d, name)
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r} in {d}", path) from None
+    if st.st_dev == _nsfs_dev():
+        raise NamespaceExists(
+            errno.EEXIST,
+            f"{name!r} is a mounted namespace, not a stale placeholder (delete() removes it)",
+            path,
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidReference(f"{path} is not a placeholder file; refusing to remove it")
+    try:
+        fd = os.open(path, _O_PEEK)
+    except FileNotFoundError:
+        raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r} in {d}", path) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NamespaceExists(
+                errno.EEXIST, f"{name!r} is being created right now; not stale", path
+            ) from None
+        # Under the lock, check that the path is still this unmounted file.
+        mine = os.fstat(fd)
+        try:
+            now = os.lstat(path)
+        except FileNotFoundError:
+            return  # someone else repaired it
+        if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            raise NamespaceExists(
+                errno.EEXIST, f"{name!r} changed while being repaired; not stale", path
+            )
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise NamespaceExists(
+                    errno.EEXIST, f"{path} is a mount point; not stale", path
+                ) from None
+            raise _reraise(e, f"cannot remove the stale placeholder {name!r}", path) from None
+    finally:
+        os.close(fd)
+
+
+# -- diagnostics ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunDirStatus:
+    """How a run directory is mounted (see :func:`run_dir_status`)."""
+
+    path: str
+    #: The directory exists.
+    exists: bool
+    #: It is a mount point of its own (ip's self-bind has been made).
+    mount_point: bool
+    #: Its peer group when shared, else ``None``.
+    peer_group: int | None
+    #: The peer group of the mount it sits on, when that is shared.
+    parent_peer_group: int | None
+
+    @property
+    def shared(self) -> bool:
+        """Mounts made inside propagate to other mount namespaces."""
+        return self.peer_group is not None
+
+    @property
+    def own_peer_group(self) -> bool:
+        """Shared, and not a peer of its parent (else each mount shows twice)."""
+        return self.shared and self.peer_group != self.parent_peer_group
+
+    @property
+    def ready(self) -> bool:
+        """:func:`create` will not need to touch the run directory's mounts."""
+        return self.mount_point and self.own_peer_group
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Human-readable findings; empty when all is well."""
+        if not self.exists:
+            return ("does not exist yet: the first create() makes it",)
+        if not self.mount_point:
+            return ("not a mount point yet: the first create() binds it onto itself",)
+        out = []
+        if not self.shared:
+            out.append(
+                "not a shared mount: namespaces named here will not be visible "
+                "in other mount namespaces (containers, ip netns exec)"
+            )
+        elif not self.own_peer_group:
+            out.append(
+                f"shares peer group {self.peer_group} with its parent mount: each "
+                "namespace mount also appears on the parent (an older ip netns made it)"
+            )
+        return tuple(out)
+
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(field: bytes) -> str:
+    # mountinfo writes space, tab, newline and backslash as \ooo (octal).
+    return os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def run_dir_status(run_dir: str | None = None) -> RunDirStatus:
+    """Diagnose the run directory's mount: whether it exists and is shared.
+
+    Reads ``/proc/thread-self/mountinfo`` (cost grows with the mount table;
+    meant for diagnostics, not hot paths).  Changes nothing.
+    """
+    d = _dir(run_dir)
+    real = os.path.realpath(d)
+    if not os.path.isdir(real):
+        return RunDirStatus(d, False, False, None, None)
+    entries: dict[int, tuple[int, str, int | None]] = {}
+    top: int | None = None
+    with open("/proc/thread-self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            mnt_id, parent = int(fields[0]), int(fields[1])
+            point = _unescape(fields[4])
+            peer = None
+            for opt in fields[6 : fields.index(b"-")]:
+                if opt.startswith(b"shared:"):
+                    peer = int(opt[7:])
+            entries[mnt_id] = (parent, point, peer)
+            if point == real:
+                top = mnt_id  # later lines are mounted on top of earlier ones
+    if top is None:
+        return RunDirStatus(d, True, False, None, None)
+    parent, _, peer = entries[top]
+    parent_peer = entries[parent][2] if parent in entries else None
+    return RunDirStatus(d, True, True, peer, parent_peer)
