@@ -354,9 +354,10 @@ def execvp(
     it from the main thread.  Returns only by raising.
 
     :param env: the new environment (default: this process's).
-    :raises FileNotFoundError: the program was not found (nothing changed).
-    :raises PermissionError: the program is not executable, or joining the
-        namespace was refused.
+    :raises OSError: ``exec`` failed (``FileNotFoundError`` for a missing
+        program); its ``filename`` is then ``argv[0]``, which tells it apart
+        from a namespace error.  This process is unchanged.
+    :raises PermissionError: joining the namespace was refused.
     :raises NamespaceNotFound: the namespace does not exist.
     """
     if not argv:
@@ -372,11 +373,18 @@ def execvp(
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
+
+        def launch() -> None:
+            try:
+                if env is None:
+                    os.execvp(args[0], args)
+                else:
+                    os.execvpe(args[0], args, env)
+            except OSError as e:  # name the program, so callers can tell it apart
+                raise OSError(e.errno, e.strerror, args[0]) from None
+
         try:
-            if env is None:
-                _spawn(target, etc, lambda: os.execvp(args[0], args))
-            else:
-                _spawn(target, etc, lambda: os.execvpe(args[0], args, env))
+            _spawn(target, etc, launch)
         finally:  # exec failed: put things back
             for signum, handler in saved.items():
                 signal.signal(signum, handler)

@@ -1,0 +1,613 @@
+"""The ``nslib`` command: network namespaces from a shell.
+
+::
+
+    nslib ls [--json] [--sockets] [--no-docker]   every namespace on the host
+    nslib add NAME | del NAME                     ip netns add / del
+    nslib attach NAME PID                         ip netns attach
+    nslib identify [PID] [--json]                 ip netns identify
+    nslib pids NAME [--json]                      ip netns pids (every thread)
+    nslib exec [--no-etc] REF -- CMD...           ip netns exec, for any reference
+    nslib ms ls [--json]                          the microservice map
+    nslib ms watch [--json]                       stream tracker events until Ctrl-C
+    nslib bench [ARGS...]                         the benchmark report
+    nslib demo [ARGS...]                          the guided demo
+
+``--run-dir DIR`` (before the command) uses another directory than
+``/run/netns`` for named namespaces.  A reference (REF) is written as
+:meth:`nslib.NetNamespace.parse` reads it: ``NAME``, ``name:NAME``,
+``pid:N``, ``path:P`` or ``ms:LABEL``.
+
+Exit status: 0 on success; 2 for a usage error or a malformed name or
+reference; 1 when the operation failed (missing namespace, permission,
+docker unreachable), with one line saying why and no traceback; 130 after
+Ctrl-C.  ``nslib exec`` exits with the command's own status (it *becomes*
+the command, as ``ip netns exec`` does), 127 when the command is not found,
+126 when it cannot be executed, and 125 when nslib failed before running it.
+``nslib ms watch`` treats Ctrl-C (or SIGTERM) as the normal way to stop and
+exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from .errors import (
+    DockerUnavailableError,
+    InvalidReference,
+    NamespaceExists,
+    NamespaceNotFound,
+    NotANamespace,
+    UnavailableMicroserviceError,
+)
+
+__all__ = ["main"]
+
+#: Exit statuses (see the module docstring).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_EXEC_FAILED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+EXIT_INTERRUPTED = 130
+
+#: How long `ms ls` waits for docker before it says the daemon is unreachable.
+DOCKER_TIMEOUT = 10.0
+
+
+class CliError(Exception):
+    """An expected failure: print *message* and exit with *status*."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- output helpers -------------------------------------------------------------
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _json(value: object) -> None:
+    _out(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _table(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], out: TextIO | None = None
+) -> None:
+    """Print a plain aligned table (the last column is never padded)."""
+    cells = [list(map(str, r)) for r in rows]
+    widths = [len(h) for h in headers]
+    for r in cells:
+        for i, cell in enumerate(r):
+            widths[i] = max(widths[i], len(cell))
+    stream = out or sys.stdout
+    for r in [list(headers), *cells]:
+        line = [c.ljust(widths[i]) for i, c in enumerate(r[:-1])] + [r[-1]]
+        stream.write("  ".join(line).rstrip() + "\n")
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- verbs: named namespaces ------------------------------------------------------
+
+
+def _named() -> Any:
+    try:
+        from . import named
+    except ImportError as e:  # pragma: no cover - only while issue 3 is in flight
+        raise CliError(f"named namespaces are not available in this build ({e})") from None
+    return named
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    """``nslib add NAME``."""
+    _named().create(args.name, run_dir=args.run_dir).close()
+    return EXIT_OK
+
+
+def cmd_del(args: argparse.Namespace) -> int:
+    """``nslib del NAME``."""
+    _named().delete(args.name, run_dir=args.run_dir)
+    return EXIT_OK
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """``nslib attach NAME PID``."""
+    _named().attach(args.name, args.pid, run_dir=args.run_dir)
+    return EXIT_OK
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """``nslib identify [PID]``: the names of that process's namespace."""
+    pid = args.pid if args.pid is not None else os.getpid()
+    names = _named().identify(pid, run_dir=args.run_dir)
+    if args.json:
+        _json(list(names))
+    else:
+        for name in names:
+            _out(name)
+    return EXIT_OK
+
+
+def cmd_pids(args: argparse.Namespace) -> int:
+    """``nslib pids NAME``: every process with a thread in it."""
+    pids = _named().pids(args.name, run_dir=args.run_dir)
+    if args.json:
+        _json(list(pids))
+    else:
+        for pid in pids:
+            _out(str(pid))
+    return EXIT_OK
+
+
+# -- verbs: ls --------------------------------------------------------------------
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """``nslib ls``: every network namespace on the host."""
+    from .inventory import inventory
+
+    inv = inventory(run_dir=args.run_dir, docker=not args.no_docker, sockets=args.sockets)
+    if args.json:
+        _json(inv.to_dict())
+        return EXIT_OK
+    rows = []
+    for ns in inv:
+        names = ",".join(ns.names) or "-"
+        if ns.current:
+            names = f"{names} (current)" if ns.names else "(current)"
+        containers = ", ".join(
+            f"{c.name}" + (f" [ms:{c.label}]" if c.label else "") for c in ns.containers
+        )
+        rows.append(
+            [
+                str(ns.ino),
+                "-" if ns.nsid is None else str(ns.nsid),
+                names,
+                f"{len(ns.processes)}/{ns.thread_count}",
+                _holders(ns),
+                containers or "-",
+                _examples(ns),
+            ]
+        )
+    _table(
+        ["NETNS", "NSID", "NAMES", "PROCS/THR", "HELD BY", "CONTAINERS", "PROCESSES"],
+        rows,
+    )
+    notes = []
+    if inv.unreadable:
+        pids = ", ".join(str(p) for p in list(inv.unreadable)[:5])
+        more = "" if len(inv.unreadable) <= 5 else f" and {len(inv.unreadable) - 5} more"
+        hint = "" if os.geteuid() == 0 else "; run as root to see them"
+        notes.append(
+            f"{len(inv.unreadable)} process(es) could not be inspected (pid {pids}{more}): "
+            f"namespaces only they hold are not shown{hint}"
+        )
+    if not args.no_docker and inv.docker != "ok":
+        notes.append(f"containers not shown: docker {inv.docker}")
+    for note in notes:
+        sys.stderr.write(f"nslib: note: {note}\n")
+    return EXIT_OK
+
+
+def _holders(ns: Any) -> str:
+    parts = []
+    for m in ns.mounts:
+        parts.append(m.path if m.via_pid is None else f"{m.path} (mnt ns of pid {m.via_pid})")
+    if ns.processes:
+        parts.append(f"{len(ns.processes)} proc")
+    for f in ns.fds:
+        kind = "fd" if f.kind == "ns" else "socket"
+        parts.append(f"{kind} {f.pid}:{f.fd}")
+    if len(parts) > 4:
+        parts = [*parts[:4], f"+{len(parts) - 4} more"]
+    return ", ".join(parts) or "-"
+
+
+def _examples(ns: Any, count: int = 3) -> str:
+    shown = []
+    for p in ns.processes[:count]:
+        part = f"{p.pid} {_shorten(p.command, 28)}"
+        if not p.all_threads:
+            part += f" ({len(p.threads)} thr)"
+        shown.append(part)
+    if len(ns.processes) > count:
+        shown.append(f"+{len(ns.processes) - count}")
+    return "; ".join(shown) or "-"
+
+
+# -- verbs: exec --------------------------------------------------------------------
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """``nslib exec REF -- CMD...``: become CMD inside REF."""
+    from .process import execvp
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise CliError("exec: no command given (nslib exec REF -- CMD...)", EXIT_USAGE)
+    ref = _reference(args.ref)
+    try:
+        execvp(ref, cmd, etc=not args.no_etc, run_dir=args.run_dir)
+    except OSError as e:
+        if e.filename == cmd[0]:  # exec itself failed; the namespace part worked
+            if e.errno == errno.ENOENT:
+                raise CliError(f"{cmd[0]}: command not found", EXIT_NOT_FOUND) from None
+            raise CliError(f"{cmd[0]}: cannot execute: {e.strerror}", EXIT_CANNOT_EXECUTE) from None
+        if isinstance(e, PermissionError):
+            raise CliError(_permission(e), EXIT_EXEC_FAILED) from None
+        raise CliError(_describe(e), EXIT_EXEC_FAILED) from None
+    except InvalidReference:
+        raise
+    except (LookupError, ValueError) as e:  # microservice and namespace lookups
+        raise CliError(_describe(e), EXIT_EXEC_FAILED) from None
+
+
+def _reference(text: str) -> Any:
+    from .reference import NetNamespace
+
+    if "/" in text and ":" not in text.split("/", 1)[0]:
+        return NetNamespace.path(text)  # a bare path, as ip netns exec would not take
+    return NetNamespace.parse(text)
+
+
+# -- verbs: microservices -----------------------------------------------------------
+
+
+def _tracker() -> Any:
+    from .microservice import MicroserviceTracker
+    from .process import wait_synced
+
+    tracker = MicroserviceTracker()
+    tracker.start()
+    try:
+        wait_synced(tracker, DOCKER_TIMEOUT)
+    except BaseException:
+        tracker.stop()
+        raise
+    return tracker
+
+
+def _ms_dict(ms: Any) -> dict[str, Any]:
+    return {
+        "label": ms.label,
+        "container_id": ms.container_id,
+        "name": ms.name,
+        "pid": ms.pid,
+        "network_mode": ms.network_mode,
+        "created": ms.created.isoformat(),
+        "started_at": ms.started_at.isoformat(),
+    }
+
+
+def cmd_ms_ls(args: argparse.Namespace) -> int:
+    """``nslib ms ls``: the label -> container map."""
+    tracker = _tracker()
+    try:
+        snap = tracker.snapshot()
+        claims = {label: tracker.claimants(label) for label in snap}
+    finally:
+        tracker.stop()
+    if args.json:
+        _json(
+            [
+                {**_ms_dict(ms), "claimants": [c.container_id for c in claims[label]]}
+                for label, ms in sorted(snap.items())
+            ]
+        )
+        return EXIT_OK
+    rows = []
+    for label, ms in sorted(snap.items()):
+        others = len(claims[label]) - 1
+        rows.append(
+            [
+                label,
+                ms.container_id[:12],
+                ms.name,
+                str(ms.pid),
+                ms.network_mode,
+                ms.created.strftime("%Y-%m-%d %H:%M:%S"),
+                f"{others} other claimant(s)" if others > 0 else "-",
+            ]
+        )
+    _table(["LABEL", "CONTAINER", "NAME", "PID", "NETWORK", "CREATED", "CONFLICT"], rows)
+    return EXIT_OK
+
+
+def cmd_ms_watch(args: argparse.Namespace) -> int:
+    """``nslib ms watch``: print every tracker event until Ctrl-C (then exit 0)."""
+    # Ctrl-C and SIGTERM both end the watch normally.
+    stop = threading.Event()
+    lock = threading.Lock()
+    broken: list[bool] = []
+
+    def on_event(ev: Any) -> None:
+        if args.json:
+            record = {
+                "kind": ev.kind.value,
+                "label": ev.label,
+                **_ms_dict(ev.microservice),
+                "claimants": [c.container_id for c in ev.claimants],
+                "daemon_time_ns": ev.daemon_time_ns,
+            }
+            line = json.dumps(record)
+        else:
+            ms = ev.microservice
+            line = (
+                f"{ev.kind.value.upper():9} {ev.label}  container {ms.container_id[:12]} "
+                f"({ms.name}) pid {ms.pid}"
+            )
+            if ev.claimants:
+                line += f"  claimants: {', '.join(c.container_id[:12] for c in ev.claimants)}"
+        with lock:
+            try:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            except (BrokenPipeError, ValueError):
+                broken.append(True)
+                stop.set()
+
+    def on_term(signum: int, frame: object) -> None:
+        stop.set()
+
+    tracker = _tracker()
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        tracker.subscribe(on_event, replay=True)
+        if not args.json:
+            sys.stderr.write("nslib: watching microservices; Ctrl-C to stop\n")
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        tracker.stop()
+    if broken:
+        _quiet_stdout()
+    return EXIT_OK
+
+
+# -- verbs: bench and demo ------------------------------------------------------------
+
+
+def _benchmarks_dir() -> Path | None:
+    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        candidate = base / "benchmarks" / "run_all.py"
+        if candidate.is_file():
+            return candidate.parent
+    return None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``nslib bench [ARGS...]``: ``benchmarks/run_all.py``'s ``main(ARGS)``."""
+    import importlib.util
+
+    where = _benchmarks_dir()
+    if where is None:
+        raise CliError(
+            "the benchmarks are not installed with this copy of nslib; run `nslib bench` "
+            "from a source checkout (pip install -e .)"
+        )
+    spec = importlib.util.spec_from_file_location("nslib_run_all", where / "run_all.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    status = module.main(list(args.rest))
+    return int(status or 0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``nslib demo [ARGS...]``: ``nslib.demo.main(ARGS)``."""
+    import importlib
+
+    try:
+        demo: Any = importlib.import_module("nslib.demo")
+    except ImportError as e:
+        raise CliError(f"the demo is not available in this build ({e})") from None
+    status = demo.main(list(args.rest))
+    return int(status or 0)
+
+
+# -- errors --------------------------------------------------------------------------
+
+
+def _permission(e: OSError) -> str:
+    msg = _describe(e)
+    if os.geteuid() != 0:
+        return f"{msg}\nnslib: you are not root (uid {os.geteuid()}): this needs CAP_SYS_ADMIN"
+    return msg
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        # nslib puts its whole message in strerror; a builtin error needs its path.
+        name = e.filename
+        if name is not None and os.fsdecode(name) not in e.strerror:
+            return f"{e.strerror}: {os.fsdecode(name)}"
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def _docker_hint(e: DockerUnavailableError) -> str:
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    msg = str(e)
+    if not msg.startswith("docker daemon not reachable"):
+        msg = f"docker daemon not reachable: {msg}"
+    return f"{msg}\nnslib: is dockerd running? (DOCKER_HOST={host})"
+
+
+def _quiet_stdout() -> None:
+    # After EPIPE, make the interpreter's final flush a no-op.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return handler(args)
+    except CliError as e:
+        _error(str(e))
+        return e.status
+    except InvalidReference as e:
+        _error(str(e))
+        return EXIT_USAGE
+    except DockerUnavailableError as e:
+        _error(_docker_hint(e))
+        return EXIT_FAILED
+    except (NamespaceNotFound, NamespaceExists, NotANamespace, UnavailableMicroserviceError) as e:
+        _error(_describe(e))
+        return EXIT_FAILED
+    except PermissionError as e:
+        _error(_permission(e))
+        return EXIT_FAILED
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):
+            _quiet_stdout()
+            return EXIT_FAILED
+        _error(_describe(e))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"nslib: {message}\n")
+
+
+# -- the parser -------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"nslib: {message}\n")
+
+
+def _pid(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"not a process id: {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nslib`` argument parser."""
+    p = _Parser(
+        prog="nslib",
+        description="Linux network namespaces: list, create, enter, and follow microservices.",
+        epilog="A REF is NAME, name:NAME, pid:N, path:P or ms:LABEL.  "
+        "Exit status: 0 ok, 1 failed, 2 usage error or bad reference, 130 interrupted.",
+    )
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"nslib {__version__}")
+    p.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        default=None,
+        help="directory of named namespaces (default /run/netns, as ip netns)",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    ls = sub.add_parser("ls", help="list every network namespace on the host")
+    ls.add_argument("--json", action="store_true", help="JSON instead of a table")
+    ls.add_argument(
+        "--sockets", action="store_true", help="also find namespaces held only by sockets"
+    )
+    ls.add_argument("--no-docker", action="store_true", help="do not ask docker for containers")
+    ls.set_defaults(handler=cmd_ls)
+
+    add = sub.add_parser("add", help="create a named namespace (ip netns add)")
+    add.add_argument("name")
+    add.set_defaults(handler=cmd_add)
+
+    rm = sub.add_parser("del", help="delete a named namespace (ip netns del)")
+    rm.add_argument("name")
+    rm.set_defaults(handler=cmd_del)
+
+    at = sub.add_parser("attach", help="name the namespace of a process (ip netns attach)")
+    at.add_argument("name")
+    at.add_argument("pid", type=_pid)
+    at.set_defaults(handler=cmd_attach)
+
+    ident = sub.add_parser("identify", help="names of a process's namespace (ip netns identify)")
+    ident.add_argument("pid", type=_pid, nargs="?", help="default: this shell's namespace")
+    ident.add_argument("--json", action="store_true", help="a JSON list")
+    ident.set_defaults(handler=cmd_identify)
+
+    pids = sub.add_parser("pids", help="processes with a thread in a named namespace")
+    pids.add_argument("name")
+    pids.add_argument("--json", action="store_true", help="a JSON list")
+    pids.set_defaults(handler=cmd_pids)
+
+    ex = sub.add_parser(
+        "exec",
+        help="run a command inside a namespace (ip netns exec, any REF)",
+        description="Run CMD inside REF with ip netns exec semantics: a private mount "
+        "namespace, a fresh /sys, and /etc/netns/NAME/* over /etc for a named namespace.",
+        epilog="Exit status: CMD's own; 127 command not found, 126 not executable, "
+        "125 nslib failed before running CMD, 2 usage error or malformed REF.",
+    )
+    ex.add_argument("--no-etc", action="store_true", help="only join the network namespace")
+    ex.add_argument("ref", metavar="REF")
+    ex.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER)
+    ex.set_defaults(handler=cmd_exec)
+
+    ms = sub.add_parser("ms", help="microservices (docker containers with MICROSERVICE_LABEL)")
+    ms_sub = ms.add_subparsers(dest="ms_command", metavar="COMMAND", parser_class=_Parser)
+    ms_sub.required = True
+    ms_ls = ms_sub.add_parser("ls", help="print the label -> container map")
+    ms_ls.add_argument("--json", action="store_true", help="JSON instead of a table")
+    ms_ls.set_defaults(handler=cmd_ms_ls)
+    ms_watch = ms_sub.add_parser("watch", help="stream tracker events until Ctrl-C (exit status 0)")
+    ms_watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    ms_watch.set_defaults(handler=cmd_ms_watch)
+
+    bench = sub.add_parser("bench", help="run every benchmark and write the report")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="passed to benchmarks/run_all.py")
+    bench.set_defaults(handler=cmd_bench)
+
+    demo = sub.add_parser("demo", help="build a small topology, show it, tear it down")
+    demo.add_argument("rest", nargs=argparse.REMAINDER, help="passed to nslib.demo.main")
+    demo.set_defaults(handler=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``nslib`` command line; return the exit status."""
+    logging.basicConfig(level=logging.WARNING, format="nslib: warning: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.handler is not cmd_ms_watch:
+        # The tracker logs each failed connection; one clear error is enough here.
+        logging.getLogger("nslib.microservice").setLevel(logging.ERROR)
+    if args.run_dir is not None:
+        args.run_dir = os.path.abspath(args.run_dir)
+    return _run(args.handler, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
