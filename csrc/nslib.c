@@ -18,12 +18,14 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/statfs.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/magic.h>
 #include <linux/nsfs.h>
 
-#define NSLIB_ABI 2
+#define NSLIB_ABI 3
 
 #define NSLIB_ENOTNS -2		/* the file is not a namespace at all */
 #define NSLIB_EWRONGTYPE -3	/* a namespace, but not a network one */
@@ -360,6 +362,97 @@ static int nslib_new_netns(void)
 	if (nslib_run_newns(&job) < 0)
 		return -1;
 	return job.fd;
+}
+
+/*
+ * How the mount at `path` propagates, in O(1) whatever the size of the mount
+ * table: statx(2) gives the mount's unique id, statmount(2) (Linux 6.8+) its
+ * peer group and its parent's.  Returns 1 if `path` is the root of a mount,
+ * 0 if it merely lies inside one (the peers then describe that mount), -1
+ * with errno (ENOSYS on kernels without statmount).  A peer group of 0 means
+ * "not shared".  The structs are the kernel's ABI, spelled out here because
+ * older userspace headers lack them.
+ */
+#ifndef STATX_MNT_ID_UNIQUE
+#define STATX_MNT_ID_UNIQUE 0x00004000U
+#endif
+#ifndef STATX_ATTR_MOUNT_ROOT
+#define STATX_ATTR_MOUNT_ROOT 0x00002000
+#endif
+#define NSLIB_NR_STATMOUNT 457	/* the same on every architecture */
+#define NSLIB_STATMOUNT_MNT_BASIC 0x00000002U
+
+struct nslib_mnt_id_req {
+	__u32 size;
+	__u32 spare;
+	__u64 mnt_id;
+	__u64 param;
+};
+
+struct nslib_statmount {
+	__u32 size;
+	__u32 spare1;
+	__u64 mask;
+	__u32 sb_dev_major;
+	__u32 sb_dev_minor;
+	__u64 sb_magic;
+	__u32 sb_flags;
+	__u32 fs_type;
+	__u64 mnt_id;
+	__u64 mnt_parent_id;
+	__u32 mnt_id_old;
+	__u32 mnt_parent_id_old;
+	__u64 mnt_attr;
+	__u64 mnt_propagation;
+	__u64 mnt_peer_group;
+	__u64 mnt_master;
+	__u64 propagate_from;
+	__u32 mnt_root;
+	__u32 mnt_point;
+	__u64 spare2[50];
+};
+
+static int nslib_statmount_basic(__u64 id, struct nslib_statmount *sm)
+{
+	struct nslib_mnt_id_req req = {
+		.size = sizeof(req), .mnt_id = id, .param = NSLIB_STATMOUNT_MNT_BASIC,
+	};
+
+	memset(sm, 0, sizeof(*sm));
+	if (syscall(NSLIB_NR_STATMOUNT, &req, sm, sizeof(*sm), 0) < 0)
+		return -1;
+	if (!(sm->mask & NSLIB_STATMOUNT_MNT_BASIC)) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return 0;
+}
+
+static int nslib_mount_peers(const char *path, unsigned long long *peer,
+			     unsigned long long *parent_peer)
+{
+	struct nslib_statmount sm, parent;
+	struct statx stx;
+
+	*peer = 0;
+	*parent_peer = 0;
+	if (statx(AT_FDCWD, path, 0, STATX_MNT_ID_UNIQUE, &stx) < 0)
+		return -1;
+	if (!(stx.stx_mask & STATX_MNT_ID_UNIQUE) ||
+	    !(stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT)) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (nslib_statmount_basic(stx.stx_mnt_id, &sm) < 0)
+		return -1;
+	if (sm.mnt_propagation & MS_SHARED)
+		*peer = sm.mnt_peer_group;
+	/* A parent outside our view (another mount namespace) counts as unshared. */
+	if (sm.mnt_parent_id != sm.mnt_id &&
+	    nslib_statmount_basic(sm.mnt_parent_id, &parent) == 0 &&
+	    (parent.mnt_propagation & MS_SHARED))
+		*parent_peer = parent.mnt_peer_group;
+	return (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) ? 1 : 0;
 }
 
 /* A new network namespace bind-mounted onto an existing placeholder file. */

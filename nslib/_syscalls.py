@@ -18,7 +18,7 @@ ffi = _native.ffi
 lib = _native.lib
 
 # A stale .so in an editable checkout would silently miss newer shims.
-_ABI = 2
+_ABI = 3
 if lib.NSLIB_ABI != _ABI:  # pragma: no cover
     raise ImportError(f"nslib._native ABI {lib.NSLIB_ABI} != {_ABI}; rebuild (pip install -e .)")
 
@@ -194,6 +194,21 @@ def create_netns_at(placeholder: bytes, what: str) -> None:
     """Unshare on a throwaway thread and bind its namespace onto *placeholder*."""
     if lib.nslib_create_netns_at(placeholder) < 0:
         fail(-1, what, os.fsdecode(placeholder))
+
+
+def mount_peers(path: bytes, what: str) -> tuple[bool, int, int] | None:
+    """``(is a mount root, peer group, parent's peer group)`` of *path*'s mount.
+
+    O(1) via statx(2) + statmount(2); a peer group of 0 means not shared.
+    ``None`` on kernels older than 6.8, which lack statmount(2).
+    """
+    out = ffi.new("unsigned long long[2]")
+    rc = lib.nslib_mount_peers(path, out, out + 1)
+    if rc < 0:
+        if ffi.errno == errno.ENOSYS:
+            return None
+        fail(-1, what, os.fsdecode(path))
+    return (rc == 1, int(out[0]), int(out[1]))
 
 
 def prepare_exec(fd: int, what: str) -> None:
