@@ -25,7 +25,7 @@
 #include <linux/magic.h>
 #include <linux/nsfs.h>
 
-#define NSLIB_ABI 3
+#define NSLIB_ABI 4
 
 #define NSLIB_ENOTNS -2		/* the file is not a namespace at all */
 #define NSLIB_EWRONGTYPE -3	/* a namespace, but not a network one */
@@ -51,7 +51,9 @@ struct nslib_thread {
 	int depth;
 	int poisoned;
 	int last;		/* what the latest nslib_enter() returned */
+	long long next;		/* serial numbers, so a stale revert is known */
 	int saved[NSLIB_MAX_DEPTH];
+	long long serial[NSLIB_MAX_DEPTH];
 };
 
 static __thread struct nslib_thread nslib_t;
@@ -216,6 +218,7 @@ static int nslib_enter_(struct nslib_thread *t, int target)
 		errno = err;
 		return -1;
 	}
+	t->serial[t->depth] = ++t->next;
 	t->saved[t->depth++] = prev;
 	return t->depth;
 }
@@ -259,6 +262,43 @@ static int nslib_leave(int depth)
 		return -1;
 	}
 	return 0;
+}
+
+/*
+ * Undo the switch that returned `depth` and every switch still open inside
+ * it, in one setns(): for a `with` block that ends while an inner switch was
+ * never reverted.  The thread ends where it was before that switch.
+ */
+static int nslib_unwind(int depth)
+{
+	struct nslib_thread *t = &nslib_t;
+	int rc, err;
+
+	if (depth <= 0 || depth > t->depth)
+		return NSLIB_EORDER;
+	rc = setns(t->saved[depth - 1], CLONE_NEWNET);
+	err = errno;
+	while (t->depth >= depth) {
+		t->depth--;
+		if (t->depth > 0)
+			close(t->saved[t->depth]);
+	}
+	if (rc < 0) {
+		t->poisoned = 1;
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
+
+/* The serial number of the switch at `depth`, or 0 if there is none. */
+static long long nslib_serial(int depth)
+{
+	struct nslib_thread *t = &nslib_t;
+
+	if (depth <= 0 || depth > t->depth)
+		return 0;
+	return t->serial[depth - 1];
 }
 
 static int nslib_depth(void) { return nslib_t.depth; }

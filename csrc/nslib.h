@@ -28,6 +28,8 @@ int nslib_check_netns(int fd, int *nstype);
 
 int nslib_enter(int target);
 int nslib_leave(int depth);
+int nslib_unwind(int depth);
+long long nslib_serial(int depth);
 int nslib_depth(void);
 int nslib_last_enter(void);
 int nslib_poisoned(void);

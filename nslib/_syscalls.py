@@ -18,7 +18,7 @@ ffi = _native.ffi
 lib = _native.lib
 
 # A stale .so in an editable checkout would silently miss newer shims.
-_ABI = 3
+_ABI = 4
 if lib.NSLIB_ABI != _ABI:  # pragma: no cover
     raise ImportError(f"nslib._native ABI {lib.NSLIB_ABI} != {_ABI}; rebuild (pip install -e .)")
 
@@ -43,6 +43,8 @@ raw_enter = lib.nslib_enter
 raw_leave = lib.nslib_leave
 raw_depth = lib.nslib_depth
 raw_last_enter = lib.nslib_last_enter
+raw_unwind = lib.nslib_unwind
+raw_serial = lib.nslib_serial
 
 _NSTYPES = {
     0x00020000: "mnt",

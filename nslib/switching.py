@@ -53,6 +53,8 @@ _raw_enter = sys_.raw_enter
 _raw_leave = sys_.raw_leave
 _raw_depth = sys_.raw_depth
 _raw_last_enter = sys_.raw_last_enter
+_raw_unwind = sys_.raw_unwind
+_raw_serial = sys_.raw_serial
 _running_loop = asyncio._get_running_loop
 _FD_MAX = 2**31 - 1
 
@@ -165,10 +167,25 @@ class entered:
         try:
             rc = _raw_leave(depth)
             if rc < 0:
+                if rc == sys_.EORDER and 0 < depth < _raw_depth():
+                    self._unwind(depth)
                 sys_.leave_failed(rc, self._describe())  # reads errno first
         finally:
             if self._own is not None:
                 self._drop()
+
+    def _unwind(self, depth: int) -> None:
+        # The block ends while a switch_to() made inside it is still open.
+        # A `with` block must not leave the thread elsewhere: move it back
+        # to where it was before this block, abandoning the inner switch
+        # (its revert becomes a no-op), and report the bug.
+        what = self._describe()
+        if _raw_unwind(depth) < 0:
+            sys_.leave_failed(-1, what)
+        raise RuntimeError(
+            f"nslib: the entered({what}) block ended while a switch_to() made inside it "
+            "was never reverted; the thread was moved back anyway and that switch abandoned"
+        )
 
     def _describe(self) -> str:
         ns = self._ns
@@ -184,13 +201,16 @@ class entered:
 class Revert:
     """Moves the thread back from a :func:`switch_to`.  Idempotent.
 
-    Call it (or leave its ``with`` block) on the thread that switched.
+    Call it (or leave its ``with`` block) on the thread that switched.  If an
+    enclosing :func:`entered` block has already moved the thread back past
+    this switch, the switch is gone and calling this is a no-op.
     """
 
-    __slots__ = ("_depth", "_own", "_thread", "_what")
+    __slots__ = ("_depth", "_own", "_serial", "_thread", "_what")
 
-    def __init__(self, depth: int, own: NsHandle | None, what: str) -> None:
-        self._depth = depth
+    def __init__(self, own: NsHandle | None, what: str) -> None:
+        self._depth = 0  # set by switch_to() once the thread has moved
+        self._serial = 0  # which switch at that depth is ours
         self._own = own
         self._what = what
         self._thread = threading.get_ident()
@@ -216,12 +236,16 @@ class Revert:
             raise RuntimeError(
                 f"revert() of the switch to {self._what} must be called on the thread that switched"
             )
+        serial = self._serial
         self._depth = 0
+        if _raw_serial(depth) != serial:
+            self._close_own()  # already undone by an enclosing entered() block
+            return
         try:
             rc = _raw_leave(depth)
         except BaseException:
             # Interrupted after the C call: it left unless it refused.
-            if _raw_depth() >= depth:
+            if _raw_serial(depth) == serial:
                 self._depth = depth
             else:
                 self._close_own()
@@ -268,9 +292,10 @@ def switch_to(ns: NsLike) -> Revert:
         _refuse_on_loop(what)
         # Made before the switch, so no call can be interrupted between the
         # switch and the object that undoes it.
-        revert = Revert(0, own, what)
+        revert = Revert(own, what)
         try:
             depth = _raw_enter(fd)
+            serial = _raw_serial(depth) if depth > 0 else 0
         except BaseException:
             _undo_interrupted_enter()
             raise
@@ -280,7 +305,7 @@ def switch_to(ns: NsLike) -> Revert:
         if own is not None:
             own.close()
         raise
-    revert._depth = depth
+    revert._depth, revert._serial = depth, serial
     return revert
 
 
