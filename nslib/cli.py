@@ -48,6 +48,7 @@ from .errors import (
     NamespaceExists,
     NamespaceNotFound,
     NotANamespace,
+    NslibError,
     UnavailableMicroserviceError,
 )
 
@@ -222,7 +223,9 @@ def _holders(ns: Any) -> str:
 
 def _examples(ns: Any, count: int = 3) -> str:
     shown = []
-    for p in ns.processes[:count]:
+    # User processes say more than kernel threads ("[kworker/0:1]").
+    procs = sorted(ns.processes, key=lambda p: p.command.startswith("["))
+    for p in procs[:count]:
         part = f"{p.pid} {_shorten(p.command, 28)}"
         if not p.all_threads:
             part += f" ({len(p.threads)} thr)"
@@ -442,7 +445,11 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         # nslib puts its whole message in strerror; a builtin error needs its path.
         name = e.filename
-        if name is not None and os.fsdecode(name) not in e.strerror:
+        if (
+            name is not None
+            and not isinstance(e, NslibError)
+            and os.fsdecode(name) not in e.strerror
+        ):
             return f"{e.strerror}: {os.fsdecode(name)}"
         return e.strerror
     return str(e) or type(e).__name__
