@@ -751,7 +751,7 @@ class PrivateDockerd:
         """Restart dockerd on the same data root (containerd keeps running).
 
         Without ``crash`` this is a clean ``systemctl restart docker``: SIGTERM, wait
-        for the shutdown (running containers are stopped, ~3 s with 1 s stop timeouts),
+        for the shutdown (running containers are stopped: ~1.5 s with 1 s stop timeouts),
         start again. With ``crash=True`` dockerd is SIGKILLed instead; its containers
         keep running under containerd until the new dockerd handles them (live-restore
         is off). In both cases containers with a restart policy are running again
