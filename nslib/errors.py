@@ -15,6 +15,8 @@ __all__ = [
     "DockerUnavailableError",
     "InvalidName",
     "InvalidReference",
+    "LinkExists",
+    "LinkNotFound",
     "NamespaceExists",
     "NamespaceNotFound",
     "NamespaceRestoreError",
@@ -59,6 +61,18 @@ class NamespaceRestoreError(OSError, NslibError):
     A poisoned thread refuses every later nslib switch, so it can never run
     code in the wrong namespace by accident.  Let it finish and exit.
     """
+
+
+class LinkNotFound(LookupError, NslibError):
+    """No network interface of that name or index in the namespace.
+
+    A ``LookupError`` (like ``KeyError``): the interface is an entry in the
+    namespace's link table, not a file.
+    """
+
+
+class LinkExists(FileExistsError, NslibError):
+    """The namespace already has a network interface of that name."""
 
 
 class UnavailableMicroserviceError(LookupError, NslibError):

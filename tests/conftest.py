@@ -79,7 +79,7 @@ def fd_baseline() -> Iterator[set[int]]:
     Each thread's home namespace fd is cached by the C core for the thread's
     life, so the calling thread is warmed up before the baseline is taken.
     """
-    with nslib.entered(nslib.NsHandle.current()):
+    with nslib.NsHandle.current() as here, nslib.entered(here):
         pass
     gc.collect()
     before = open_fds()
