@@ -195,7 +195,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if inv.unreadable:
         pids = ", ".join(str(p) for p in list(inv.unreadable)[:5])
         more = "" if len(inv.unreadable) <= 5 else f" and {len(inv.unreadable) - 5} more"
-        hint = "" if os.geteuid() == 0 else "; run as root to see them"
+        privileged = os.geteuid() == 0 and _has_cap_sys_admin()
+        hint = "" if privileged else "; run as root to see them"
         notes.append(
             f"{len(inv.unreadable)} process(es) could not be inspected (pid {pids}{more}): "
             f"namespaces only they hold are not shown{hint}"
@@ -265,11 +266,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def _reference(text: str) -> Any:
-    from .reference import NetNamespace
+    from .process import parse_reference
 
-    if "/" in text and ":" not in text.split("/", 1)[0]:
-        return NetNamespace.path(text)  # a bare path, as ip netns exec would not take
-    return NetNamespace.parse(text)
+    return parse_reference(text)
 
 
 # -- verbs: microservices -----------------------------------------------------------
@@ -438,7 +437,20 @@ def _permission(e: OSError) -> str:
     msg = _describe(e)
     if os.geteuid() != 0:
         return f"{msg}\nnslib: you are not root (uid {os.geteuid()}): this needs CAP_SYS_ADMIN"
+    if not _has_cap_sys_admin():
+        return f"{msg}\nnslib: this process lacks CAP_SYS_ADMIN (root without privileges)"
     return msg
+
+
+def _has_cap_sys_admin() -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 21 & 1)
+    except (OSError, ValueError):
+        pass
+    return True  # unknown: do not claim it is missing
 
 
 def _describe(e: BaseException) -> str:

@@ -59,7 +59,7 @@ from .errors import DockerUnavailableError, InvalidReference, UnavailableMicrose
 from .handle import NsHandle
 from .reference import NetNamespace, NsLike, ReferenceType, open_namespace
 
-__all__ = ["ETC_NETNS_DIR", "MS_TIMEOUT", "execvp", "popen", "run"]
+__all__ = ["ETC_NETNS_DIR", "MS_TIMEOUT", "execvp", "parse_reference", "popen", "run"]
 
 #: Where ``ip netns exec`` looks for per-namespace ``/etc`` files.
 ETC_NETNS_DIR = "/etc/netns"
@@ -90,6 +90,23 @@ class _Target:
             own.close()
 
 
+_KINDS = ("name", "pid", "path", "ms")
+
+
+def parse_reference(text: str) -> NetNamespace:
+    """:meth:`NetNamespace.parse`, plus bare paths: a string with a ``/`` and no kind prefix.
+
+    Names never contain ``/``, so ``/run/netns/x`` or ``./ns`` cannot be
+    mistaken for one.
+
+    :raises InvalidReference: a malformed reference.
+    """
+    kind, sep, _ = text.partition(":")
+    if "/" in text and not (sep and kind in _KINDS):
+        return NetNamespace.path(text)
+    return NetNamespace.parse(text)
+
+
 def _resolve(ref: NsLike, tracker: _Tracker | None, run_dir: str | None) -> _Target:
     if type(ref) is NsHandle:
         return _Target(ref.fileno(), None, ref.what, None)
@@ -97,8 +114,8 @@ def _resolve(ref: NsLike, tracker: _Tracker | None, run_dir: str | None) -> _Tar
         if ref < 0:
             raise OSError(9, f"Bad file descriptor: fd {ref}")
         return _Target(ref, None, f"fd {ref}", None)
-    if isinstance(ref, str) and "/" not in ref:
-        ref = NetNamespace.parse(ref)  # names never contain '/', paths always do
+    if isinstance(ref, str):
+        ref = parse_reference(ref)
     if isinstance(ref, NetNamespace):
         if ref.type == ReferenceType.MICROSERVICE and tracker is None:
             return _resolve_ms(ref)
@@ -252,8 +269,9 @@ def popen(
 
     *ref* may be an :class:`~nslib.NsHandle`, a :class:`~nslib.NetNamespace`,
     a reference string as :meth:`NetNamespace.parse` reads it (``blue``,
-    ``name:blue``, ``pid:42``, ``path:/p``, ``ms:web``; a string containing
-    ``/`` is a path), a path object or an int fd.  Named references resolve
+    ``name:blue``, ``pid:42``, ``path:/p``, ``ms:web``; a bare string
+    containing ``/`` is a path, see :func:`parse_reference`), a path object
+    or an int fd.  Named references resolve
     in *run_dir* (default ``/run/netns``).  ``ms:LABEL`` resolves through
     *tracker*; without one, a :class:`~nslib.MicroserviceTracker` is started
     for the call (waiting up to :data:`MS_TIMEOUT` seconds) and stopped.
