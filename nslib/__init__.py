@@ -18,6 +18,8 @@ from .errors import (
     DockerUnavailableError,
     InvalidName,
     InvalidReference,
+    LinkExists,
+    LinkNotFound,
     NamespaceExists,
     NamespaceNotFound,
     NamespaceRestoreError,
@@ -52,6 +54,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "MicroserviceEvent": ("microservice", "MicroserviceEvent"),
     "MicroserviceTracker": ("microservice", "MicroserviceTracker"),
     "named": ("named", None),
+    "Config": ("plugin", "Config"),
+    "NsPlugin": ("plugin", "NsPlugin"),
+    "netlink": ("netlink", None),
 }
 
 
@@ -73,10 +78,13 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ClosedHandleError",
+    "Config",
     "DockerUnavailableError",
     "EventKind",
     "InvalidName",
     "InvalidReference",
+    "LinkExists",
+    "LinkNotFound",
     "Microservice",
     "MicroserviceEvent",
     "MicroserviceTracker",
@@ -86,6 +94,7 @@ __all__ = [
     "NetNamespace",
     "NotANamespace",
     "NsHandle",
+    "NsPlugin",
     "NslibError",
     "PinnedExecutor",
     "PluginDisabledError",
@@ -95,6 +104,7 @@ __all__ = [
     "__version__",
     "entered",
     "named",
+    "netlink",
     "open_namespace",
     "pinned",
     "run_in",

@@ -80,7 +80,7 @@ class NetNamespace:
             if ref:
                 raise InvalidReference(f"an UNDEFINED reference carries no value: {ref!r}")
         elif not ref:  # FD
-            raise InvalidReference("path reference is empty")
+            pass  # the seed's "default namespace": NsPlugin resolves it, open_namespace refuses
         else:
             try:
                 os.fsencode(ref)
@@ -102,7 +102,10 @@ class NetNamespace:
     @classmethod
     def path(cls, path: str | os.PathLike[str]) -> NetNamespace:
         """A namespace file path (the seed's FD type)."""
-        return cls(ReferenceType.FD, os.fspath(path))
+        path = os.fspath(path)
+        if not path:
+            raise InvalidReference("path reference is empty")
+        return cls(ReferenceType.FD, path)
 
     @classmethod
     def thread(cls, pid: int, tid: int) -> NetNamespace:
