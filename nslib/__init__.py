@@ -57,6 +57,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Config": ("plugin", "Config"),
     "NsPlugin": ("plugin", "NsPlugin"),
     "netlink": ("netlink", None),
+    "popen": ("process", "popen"),
+    "run": ("process", "run"),
+    "process": ("process", None),
+    "inventory": ("inventory", None),
 }
 
 
@@ -103,10 +107,14 @@ __all__ = [
     "UnavailableMicroserviceError",
     "__version__",
     "entered",
+    "inventory",
     "named",
     "netlink",
     "open_namespace",
     "pinned",
+    "popen",
+    "process",
+    "run",
     "run_in",
     "run_in_async",
     "socket_in",
