@@ -1015,9 +1015,9 @@ class MicroserviceTracker:
         try:
             sub.callback(ev)
         except Exception:
+            _log.exception("microservice callback %r failed on %s", sub.callback, ev.kind.name)
             with self._lock:
                 self._counters.callback_errors += 1
-            _log.exception("microservice callback %r failed on %s", sub.callback, ev.kind.name)
 
     def __repr__(self) -> str:
         h = self.health()

@@ -1,0 +1,1018 @@
+"""The microservice tracker (issue 4) against a real, private docker daemon.
+
+Every docker scenario ends by comparing the tracker's map with a fresh
+list + inspect computed here, independently of the tracker (``truth``), and
+checks the callback log: the exact sequence per label, nothing duplicated,
+and a replay of the log giving the same map.
+
+The first part tests the pure state logic (``nslib._docker_state``) without
+a daemon, with hypothesis.  Helpers used by test_microservice_faults.py live
+here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import pytest
+from conftest import open_fds
+from hypothesis import given
+from hypothesis import strategies as st
+
+import nslib
+from nslib._docker_state import EventKind, LabelTable, instance_key, label_of, parse_time_ns
+from nslib.microservice import Microservice, MicroserviceEvent, MicroserviceTracker
+
+LABEL_ENV = "MICROSERVICE_LABEL"
+T = TypeVar("T")
+
+# =============================================================================
+# Helpers (also imported by test_microservice_faults.py)
+
+
+def wait_until(pred: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
+    """Poll *pred* until it returns something truthy; fail after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _rfc3339_ns(text: str) -> int:
+    # Independent of nslib's parser on purpose: this is the oracle.
+    date, _, rest = text.partition("T")
+    assert rest.endswith("Z"), text
+    hms, _, frac = rest[:-1].partition(".")
+    secs = int(datetime.fromisoformat(f"{date}T{hms}+00:00").timestamp())
+    return secs * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+def truth_claims(
+    client: Any, label_env: str | None = LABEL_ENV, label_key: str | None = None
+) -> dict[str, list[tuple[tuple[int, int, str], str, int]]]:
+    """label -> running claimants ``(rank, id, pid)``, winner first, by list + inspect."""
+    import docker.errors
+
+    claims: dict[str, list[tuple[tuple[int, int, str], str, int]]] = {}
+    for entry in client.api.containers():
+        try:
+            info = client.api.inspect_container(entry["Id"])
+        except docker.errors.NotFound:
+            continue
+        state = info["State"]
+        if not state["Running"] or not state["Pid"]:
+            continue
+        label = None
+        if label_env:
+            for item in info["Config"]["Env"] or []:
+                key, _, value = item.partition("=")
+                if key == label_env and value:
+                    label = value
+        if label is None and label_key:
+            label = (info["Config"]["Labels"] or {}).get(label_key) or None
+        if label is None:
+            continue
+        rank = (_rfc3339_ns(info["Created"]), _rfc3339_ns(state["StartedAt"]), info["Id"])
+        claims.setdefault(label, []).append((rank, info["Id"], state["Pid"]))
+    for v in claims.values():
+        v.sort(reverse=True)
+    return claims
+
+
+def truth(
+    client: Any, label_env: str | None = LABEL_ENV, label_key: str | None = None
+) -> dict[str, tuple[str, int]]:
+    """Ground truth: label -> (container id, pid) of the newest running claimant."""
+    return {
+        label: (c[0][1], c[0][2]) for label, c in truth_claims(client, label_env, label_key).items()
+    }
+
+
+def project(snapshot: dict[str, Microservice]) -> dict[str, tuple[str, int]]:
+    return {label: (ms.container_id, ms.pid) for label, ms in snapshot.items()}
+
+
+def wait_match(
+    tracker: MicroserviceTracker,
+    client: Any,
+    timeout: float = 20.0,
+    *,
+    label_env: str | None = LABEL_ENV,
+    label_key: str | None = None,
+) -> dict[str, tuple[str, int]]:
+    """Wait until the tracker's map equals a fresh list + inspect; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        want = truth(client, label_env, label_key)
+        got = project(tracker.snapshot())
+        if want == got and tracker.in_sync:
+            # Equal twice in a row, so a change still in flight is not missed.
+            time.sleep(0.1)
+            if project(tracker.snapshot()) == truth(client, label_env, label_key) == want:
+                return want
+        if time.monotonic() > deadline:
+            assert got == want, f"tracker map differs from docker; health={tracker.health()}"
+            raise AssertionError(f"tracker never in sync: {tracker.health()}")
+        time.sleep(0.05)
+
+
+Key = tuple[str, int, int]
+
+
+def _kind_name(kind: Any) -> str:
+    return str(kind.name)
+
+
+Entry = tuple[str, str, Key, frozenset[Key]]
+
+
+def check_log(seq: Iterable[Entry]) -> None:
+    """Check a change log ``(kind name, label, instance key, claimant keys)``.
+
+    Per label: STOPPED names the holder; RESTARTED only right after the same
+    container stopped (and nothing else held the label); STARTED never names
+    the holder nor a container that should have been RESTARTED; CONFLICT
+    names the holder and at least two claimants; and no event repeats the
+    previous one (a CONFLICT repeats only with other claimants).
+    """
+    holder: dict[str, Key] = {}
+    last_stopped: dict[str, str] = {}
+    prev: dict[str, tuple[str, Key, frozenset[Key]]] = {}
+    for i, (kind, label, key, claim) in enumerate(seq):
+        where = f"event {i} ({kind} {label} {key[0][:12]} pid {key[1]})"
+        assert prev.get(label) != (kind, key, claim), f"{where}: duplicated"
+        prev[label] = (kind, key, claim)
+        if kind == "STARTED":
+            assert holder.get(label) != key, f"{where}: STARTED for the current holder"
+            if label not in holder:
+                assert last_stopped.get(label) != key[0], f"{where}: should be RESTARTED"
+            holder[label] = key
+            last_stopped.pop(label, None)
+        elif kind == "RESTARTED":
+            assert label not in holder, f"{where}: RESTARTED while {holder[label]} holds it"
+            assert last_stopped.get(label) == key[0], f"{where}: RESTARTED without its STOPPED"
+            holder[label] = key
+            last_stopped.pop(label, None)
+        elif kind == "STOPPED":
+            assert holder.get(label) == key, f"{where}: STOPPED but holder is {holder.get(label)}"
+            del holder[label]
+            last_stopped[label] = key[0]
+        elif kind == "CONFLICT":
+            assert holder.get(label) == key, f"{where}: CONFLICT must name the holder"
+            assert key in claim and len(claim) >= 2, f"{where}: CONFLICT claimants {claim}"
+        else:  # pragma: no cover
+            raise AssertionError(f"unknown kind {kind}")
+
+
+def replay(events: Iterable[MicroserviceEvent]) -> dict[str, tuple[str, int]]:
+    """The map a subscriber rebuilds from the callback log, starting empty."""
+    state: dict[str, tuple[str, int]] = {}
+    for ev in events:
+        ms = ev.microservice
+        if ev.kind is EventKind.STOPPED:
+            assert state.pop(ev.label) == (ms.container_id, ms.pid)
+        else:
+            state[ev.label] = (ms.container_id, ms.pid)
+    return state
+
+
+class EventLog:
+    """A subscriber that records events (and the threads they arrive on)."""
+
+    def __init__(self) -> None:
+        self.events: list[MicroserviceEvent] = []
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, ev: MicroserviceEvent) -> None:
+        with self._lock:
+            self.events.append(ev)
+            self.threads.add(threading.current_thread().name)
+
+    def snapshot(self) -> list[MicroserviceEvent]:
+        with self._lock:
+            return list(self.events)
+
+    def of(self, label: str) -> list[tuple[str, str, int]]:
+        """``(kind, container id, pid)`` of *label*'s events, in order."""
+        return [
+            (e.kind.name, e.microservice.container_id, e.microservice.pid)
+            for e in self.snapshot()
+            if e.label == label
+        ]
+
+    def kinds(self, label: str) -> list[str]:
+        return [k for k, _, _ in self.of(label)]
+
+    def wait_kinds(self, label: str, kinds: Sequence[str], timeout: float = 15.0) -> None:
+        wait_until(lambda: self.kinds(label) == list(kinds), timeout, f"{label}: {kinds}")
+
+    def check(self) -> None:
+        check_log(
+            (
+                e.kind.name,
+                e.label,
+                instance_key(e.microservice),
+                frozenset(instance_key(c) for c in e.claimants),
+            )
+            for e in self.snapshot()
+        )
+
+    def replay(self) -> dict[str, tuple[str, int]]:
+        return replay(self.snapshot())
+
+
+@dataclass
+class Tracked:
+    tracker: MicroserviceTracker
+    log: EventLog
+
+
+def start_tracker(dockerd: Any, **kwargs: Any) -> tuple[Tracked, Any]:
+    """A started, in-sync tracker with an event log, and its client (caller closes)."""
+    client = dockerd.client()
+    t = MicroserviceTracker(client, **kwargs)
+    log = EventLog()
+    t.subscribe(log)
+    t.start()
+    try:
+        assert t.wait_in_sync(15), t.health()
+    except BaseException:
+        t.stop()
+        client.close()
+        raise
+    return Tracked(t, log), client
+
+
+def pmap(fn: Callable[[Any], T], items: Iterable[Any], workers: int = 4) -> list[T]:
+    with ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(fn, items))
+
+
+def running_pid(client: Any, cid: str) -> int:
+    return int(client.api.inspect_container(cid)["State"]["Pid"])
+
+
+def microservice_of(client: Any, cid: str, label: str) -> Microservice:
+    """A Microservice built straight from inspect (no tracker involved)."""
+    info = client.api.inspect_container(cid)
+    return Microservice(
+        label=label,
+        container_id=info["Id"],
+        name=info["Name"].lstrip("/"),
+        pid=info["State"]["Pid"],
+        created_ns=_rfc3339_ns(info["Created"]),
+        started_at_ns=_rfc3339_ns(info["State"]["StartedAt"]),
+        network_mode=info["HostConfig"]["NetworkMode"],
+    )
+
+
+def ns_of_pid(pid: int) -> tuple[int, int]:
+    st = os.stat(f"/proc/{pid}/ns/net")
+    return (st.st_dev, st.st_ino)
+
+
+HOST_NS = ns_of_pid(os.getpid())
+
+
+# =============================================================================
+# Pure state logic: no daemon
+
+
+@dataclass(frozen=True)
+class Inst:
+    label: str
+    container_id: str
+    pid: int
+    created_ns: int
+    started_at_ns: int
+
+
+def test_parse_time_ns() -> None:
+    assert parse_time_ns("1970-01-01T00:00:00Z") == 0
+    assert parse_time_ns("2026-11-28T18:43:30.724627639Z") == _rfc3339_ns(
+        "2026-11-28T18:43:30.724627639Z"
+    )
+    # Go's RFC3339Nano trims trailing zeros: ".5" is half a second.
+    assert parse_time_ns("1970-01-01T00:00:01.5Z") == 1_500_000_000
+    assert parse_time_ns("1970-01-01T01:00:00+01:00") == 0
+    assert parse_time_ns("0001-01-01T00:00:00Z") < 0  # "never started"
+    for bad in ("", "yesterday", "2026-11-28 18:43:30Z", "2026-11-28T18:43:30.1234567891Z"):
+        with pytest.raises(ValueError):
+            parse_time_ns(bad)
+
+
+def test_label_of() -> None:
+    info = {"Config": {"Env": ["A=1", "MICROSERVICE_LABEL=web", "B=2"], "Labels": {"k": "lab"}}}
+    assert label_of(info, "MICROSERVICE_LABEL", None) == "web"
+    assert label_of(info, "MICROSERVICE_LABEL", "k") == "web"  # env wins
+    assert label_of(info, None, "k") == "lab"
+    assert label_of(info, "OTHER", "k") == "lab"
+    assert label_of(info, "OTHER", None) is None
+    assert label_of({"Config": {"Env": ["MICROSERVICE_LABEL="]}}, LABEL_ENV, None) is None
+    assert label_of({"Config": {"Env": None, "Labels": None}}, LABEL_ENV, "k") is None
+    # The last assignment wins, as in the container's environment.
+    dup = {"Config": {"Env": ["MICROSERVICE_LABEL=a", "MICROSERVICE_LABEL=b"]}}
+    assert label_of(dup, LABEL_ENV, None) == "b"
+
+
+def test_microservice_validates() -> None:
+    ok = dict(label="l", container_id="ab" * 32, name="n", pid=1, created_ns=0, started_at_ns=0)
+    Microservice(**ok)  # type: ignore[arg-type]
+    for field, bad in (("label", ""), ("container_id", "xyz"), ("container_id", "ab"), ("pid", 0)):
+        with pytest.raises(ValueError):
+            Microservice(**{**ok, field: bad})  # type: ignore[arg-type]
+    ms = Microservice(**{**ok, "network_mode": "container:" + "cd" * 32})  # type: ignore[arg-type]
+    assert ms.shares_network and ms.network_container == "cd" * 32
+    assert Microservice(**{**ok, "network_mode": "host"}).shares_network  # type: ignore[arg-type]
+    assert not Microservice(**ok).shares_network  # type: ignore[arg-type]
+    t = Microservice(**{**ok, "created_ns": 1_500_000_123})  # type: ignore[arg-type]
+    assert t.created.timestamp() == pytest.approx(1.500000123, abs=1e-6)
+
+
+def _changes_log(changes: Iterable[Any]) -> list[Entry]:
+    return [
+        (
+            c.kind.name,
+            c.label,
+            instance_key(c.subject),
+            frozenset(instance_key(x) for x in c.claimants),
+        )
+        for c in changes
+    ]
+
+
+def test_table_sequences() -> None:
+    tbl: LabelTable[Inst] = LabelTable()
+    a1 = Inst("x", "a" * 12, 10, 100, 1)
+    b1 = Inst("x", "b" * 12, 20, 200, 2)
+
+    def kinds(changes: Iterable[Any]) -> list[tuple[str, str]]:
+        return [(c.kind.name, c.subject.container_id[0]) for c in changes]
+
+    assert kinds(tbl.update({a1.container_id: a1})) == [("STARTED", "a")]
+    # Same container, new run, seen in one look: STOPPED then RESTARTED.
+    a2 = Inst("x", "a" * 12, 11, 100, 3)
+    assert kinds(tbl.update({a1.container_id: a2})) == [("STOPPED", "a"), ("RESTARTED", "a")]
+    # A newer claimant takes over, with a CONFLICT naming it the winner.
+    out = tbl.update({b1.container_id: b1})
+    assert kinds(out) == [("STARTED", "b"), ("CONFLICT", "b")]
+    assert [c.container_id[0] for c in out[1].claimants] == ["b", "a"]
+    # The winner dies: the other claimant takes over (not forgotten, unlike vpp-agent).
+    assert kinds(tbl.update({b1.container_id: None})) == [("STARTED", "a")]
+    # The loser restarts while b is down: nothing to say but STOPPED/RESTARTED of a.
+    assert kinds(tbl.update({a2.container_id: None})) == [("STOPPED", "a")]
+    # b comes back: it stopped earlier than a did, so it is a STARTED.
+    b2 = Inst("x", "b" * 12, 21, 200, 4)
+    assert kinds(tbl.update({b2.container_id: b2})) == [("STARTED", "b")]
+    assert tbl.winners() == {"x": b2}
+    # A resync that finds nothing stops it.
+    assert kinds(tbl.replace({})) == [("STOPPED", "b")]
+    assert kinds(tbl.replace({})) == []
+
+
+def test_table_tie_break() -> None:
+    tbl: LabelTable[Inst] = LabelTable()
+    # Same Created nanosecond: the later StartedAt wins, then the greater ID.
+    a = Inst("x", "a" * 12, 10, 100, 5)
+    b = Inst("x", "b" * 12, 20, 100, 4)
+    tbl.update({a.container_id: a, b.container_id: b})
+    assert tbl.winner("x") == a
+    c = Inst("x", "c" * 12, 30, 100, 5)
+    tbl.update({c.container_id: c})
+    assert tbl.winner("x") == c
+    assert [x.container_id[0] for x in tbl.claimants("x")] == ["c", "a", "b"]
+
+
+_IDS = ["a" * 12, "b" * 12, "c" * 12, "d" * 12]
+_CREATED = {"a" * 12: 1, "b" * 12: 2, "c" * 12: 2, "d" * 12: 3}  # b and c tie
+
+
+@st.composite
+def _steps(draw: st.DrawFn) -> list[tuple[bool, dict[str, Inst | None]]]:
+    labels = {cid: draw(st.sampled_from(["x", "y"])) for cid in _IDS}
+    steps = []
+    for _ in range(draw(st.integers(1, 25))):
+        is_resync = draw(st.booleans()) and draw(st.booleans())
+        chosen = draw(st.lists(st.sampled_from(_IDS), unique=True, max_size=len(_IDS)))
+        truth_: dict[str, Inst | None] = {}
+        for cid in chosen:
+            if draw(st.booleans()):
+                run = draw(st.integers(1, 3))
+                truth_[cid] = Inst(
+                    labels[cid], cid, 100 * run + _IDS.index(cid), _CREATED[cid], run
+                )
+            else:
+                truth_[cid] = None
+        steps.append((is_resync, truth_))
+    return steps
+
+
+@given(_steps())
+def test_table_properties(steps: list[tuple[bool, dict[str, Inst | None]]]) -> None:
+    """Random updates and resyncs: the change log replays to the table's winners,
+    the winner is always the best-ranked running claimant, and the log is consistent.
+    """
+    tbl: LabelTable[Inst] = LabelTable()
+    model: dict[str, Inst] = {}
+    log: list[Entry] = []
+    replayed: dict[str, Key] = {}
+    dead: set[Key] = set()  # a run that ended never comes back (same PID and StartedAt)
+    for is_resync, raw in steps:
+        truth_ = {cid: x for cid, x in raw.items() if x is None or instance_key(x) not in dead}
+        for cid, old_x in model.items():
+            new_x = truth_.get(cid, old_x) if not is_resync else truth_.get(cid)
+            if new_x is None or instance_key(new_x) != instance_key(old_x):
+                dead.add(instance_key(old_x))
+        before = tbl.winners()
+        if is_resync:
+            running = {cid: x for cid, x in truth_.items() if x is not None}
+            changes = tbl.replace(running)
+            model = dict(running)
+        else:
+            changes = tbl.update(truth_)
+            for cid, x in truth_.items():
+                if x is None:
+                    model.pop(cid, None)
+                else:
+                    model[cid] = x
+        log += _changes_log(changes)
+        for c in changes:
+            if c.kind is EventKind.STOPPED:
+                assert replayed.pop(c.label) == instance_key(c.subject)
+            else:
+                replayed[c.label] = instance_key(c.subject)
+        want = {}
+        for x in model.values():
+            if x.label not in want or (x.created_ns, x.started_at_ns, x.container_id) > (
+                want[x.label].created_ns,
+                want[x.label].started_at_ns,
+                want[x.label].container_id,
+            ):
+                want[x.label] = x
+        assert tbl.winners() == want
+        assert replayed == {lb: instance_key(x) for lb, x in want.items()}
+        # A lone holder that came back as a new run: exactly STOPPED, RESTARTED.
+        for label, old in before.items():
+            new = want.get(label)
+            claim = [x for x in model.values() if x.label == label]
+            if (
+                new is not None
+                and new.container_id == old.container_id
+                and instance_key(new) != instance_key(old)
+                and len(claim) == 1
+            ):
+                assert [(k, key) for k, lb, key, _ in _changes_log(changes) if lb == label] == [
+                    ("STOPPED", instance_key(old)),
+                    ("RESTARTED", instance_key(new)),
+                ]
+    check_log(log)
+
+
+# =============================================================================
+# Docker scenarios
+
+
+@pytest.fixture
+def client(dockerd: Any) -> Iterator[Any]:
+    from dockerd import remove_test_containers
+
+    c = dockerd.client()
+    try:
+        yield c
+    finally:
+        remove_test_containers(c)
+        c.close()
+
+
+@pytest.fixture
+def tracked(dockerd: Any, client: Any) -> Iterator[Tracked]:
+    tr, tclient = start_tracker(dockerd)
+    try:
+        yield tr
+    finally:
+        tr.tracker.stop()
+        tclient.close()
+        assert not tr.log.threads - {"nslib-ms-dispatch"}, tr.log.threads
+        tr.log.check()
+
+
+def run(client: Any, label: str | None, **kw: Any) -> Any:
+    from dockerd import run_container
+
+    return run_container(client, label=label, **kw)
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_before_and_after(dockerd: Any, client: Any, unique: str) -> None:
+    before = run(client, f"{unique}-a")
+    tr, tclient = start_tracker(dockerd)
+    try:
+        t, log = tr.tracker, tr.log
+        # Known from the initial sync, without any event.
+        ms_a = t.get(f"{unique}-a", timeout=0)
+        assert ms_a is not None and ms_a.container_id == before.id
+        assert ms_a.name == before.name and ms_a.network_mode == "none"
+        log.wait_kinds(f"{unique}-a", ["STARTED"])
+        assert log.snapshot()[-1].daemon_time_ns is None  # found by the resync
+        after = run(client, f"{unique}-b")
+        log.wait_kinds(f"{unique}-b", ["STARTED"])
+        ev = next(e for e in log.snapshot() if e.label == f"{unique}-b")
+        assert ev.microservice.container_id == after.id
+        assert ev.daemon_time_ns is not None and ev.daemon_time_ns <= time.time_ns()
+        wait_match(t, client)
+        for label, c in ((f"{unique}-a", before), (f"{unique}-b", after)):
+            ms = t.snapshot()[label]
+            pid = running_pid(client, c.id)
+            assert ms.pid == pid
+            assert ms.created.year >= 2024 and ms.started_at >= ms.created
+            with ms.open_namespace() as h:
+                assert h.ns_id == ns_of_pid(pid) != HOST_NS
+            # The reference API resolves through the tracker.
+            ref = nslib.NetNamespace.microservice(label)
+            with nslib.open_namespace(ref, tracker=t) as h:
+                assert h.ns_id == ns_of_pid(pid)
+        with pytest.raises(nslib.UnavailableMicroserviceError):
+            nslib.open_namespace(nslib.NetNamespace.microservice(f"{unique}-none"), tracker=t)
+        assert t.get(f"{unique}-none") is None
+        h = t.health()
+        assert h.connected and h.in_sync and h.reconnects == 0 and h.resyncs >= 1
+        assert h.last_event_time is not None and abs(h.last_event_time - time.time()) < 60
+        assert "labels" in repr(t)
+    finally:
+        tr.tracker.stop()
+        tclient.close()
+    tr.log.check()
+    assert tr.log.replay() == project(tr.tracker.snapshot())
+
+
+@pytest.mark.docker
+@pytest.mark.root
+@pytest.mark.parametrize("how", ["stop", "kill", "exit", "rm"])
+def test_termination(tracked: Tracked, client: Any, unique: str, how: str) -> None:
+    """Every way a container ends is a STOPPED (only `stop` sends a stop event)."""
+    t, log = tracked.tracker, tracked.log
+    cmd = "sh -c 'sleep 0.5'" if how == "exit" else None
+    c = run(client, unique, command=cmd)
+    log.wait_kinds(unique, ["STARTED"])
+    ms = log.snapshot()[-1].microservice
+    if how == "stop":
+        client.api.stop(c.id, timeout=0)
+    elif how == "kill":
+        client.api.kill(c.id)
+    elif how == "rm":
+        client.api.remove_container(c.id, force=True)
+    log.wait_kinds(unique, ["STARTED", "STOPPED"])
+    assert log.of(unique)[1] == ("STOPPED", c.id, ms.pid)
+    assert unique not in t.snapshot()
+    wait_match(t, client)
+    with pytest.raises(nslib.UnavailableMicroserviceError, match="exited"):
+        ms.open_namespace().close()
+    time.sleep(0.3)  # nothing trails in late
+    assert log.kinds(unique) == ["STARTED", "STOPPED"]
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_docker_restart_and_stop_start(tracked: Tracked, client: Any, unique: str) -> None:
+    """A die then a start of the same container is STOPPED, then RESTARTED."""
+    t, log = tracked.tracker, tracked.log
+    c = run(client, unique)
+    log.wait_kinds(unique, ["STARTED"])
+    old = t.snapshot()[unique]
+    client.api.restart(c.id, timeout=0)
+    log.wait_kinds(unique, ["STARTED", "STOPPED", "RESTARTED"])
+    new = t.snapshot()[unique]
+    assert new.container_id == old.container_id and new.pid != old.pid
+    assert new.started_at_ns > old.started_at_ns
+    # The old run's namespace is gone; a stale Microservice says so.
+    with pytest.raises(nslib.UnavailableMicroserviceError):
+        old.open_namespace().close()
+    with new.open_namespace() as h:
+        assert h.ns_id == ns_of_pid(new.pid)
+    client.api.stop(c.id, timeout=0)
+    log.wait_kinds(unique, ["STARTED", "STOPPED", "RESTARTED", "STOPPED"])
+    client.api.start(c.id)
+    log.wait_kinds(unique, ["STARTED", "STOPPED", "RESTARTED", "STOPPED", "RESTARTED"])
+    ids = {cid for _, cid, _ in log.of(unique)}
+    assert ids == {c.id}
+    wait_match(t, client)
+    assert log.replay() == project(t.snapshot())
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_restart_policy_crash_loop(tracked: Tracked, client: Any, unique: str) -> None:
+    """SIGKILL from the host (docker kill would not trigger the policy)."""
+    t, log = tracked.tracker, tracked.log
+    c = run(client, unique, restart="always")
+    log.wait_kinds(unique, ["STARTED"])
+    pids = [t.snapshot()[unique].pid]
+    expected = ["STARTED"]
+    for _ in range(3):
+        os.kill(pids[-1], signal.SIGKILL)
+        expected += ["STOPPED", "RESTARTED"]
+        log.wait_kinds(unique, expected)
+        pids.append(t.snapshot()[unique].pid)
+    assert len(set(pids)) == 4
+    assert [pid for k, _, pid in log.of(unique) if k != "STOPPED"] == pids
+    assert {cid for _, cid, _ in log.of(unique)} == {c.id}
+    wait_match(t, client)
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_self_crashing_on_failure(tracked: Tracked, client: Any, unique: str) -> None:
+    """A process that exits 3 under on-failure:2 runs three times, then stays down."""
+    t, log = tracked.tracker, tracked.log
+    run(client, unique, restart="on-failure:2", command="sh -c 'sleep 0.4; exit 3'")
+    log.wait_kinds(
+        unique, ["STARTED", "STOPPED", "RESTARTED", "STOPPED", "RESTARTED", "STOPPED"], 20
+    )
+    assert len({pid for _, _, pid in log.of(unique)}) == 3
+    wait_match(t, client)
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_pause_is_not_termination(dockerd: Any, tracked: Tracked, client: Any, unique: str) -> None:
+    t, log = tracked.tracker, tracked.log
+    c = run(client, unique)
+    log.wait_kinds(unique, ["STARTED"])
+    ms = t.snapshot()[unique]
+    client.api.pause(c.id)
+    try:
+        assert client.api.inspect_container(c.id)["State"]["Paused"]
+        wait_match(t, client)
+        assert t.snapshot()[unique] == ms
+        with ms.open_namespace() as h:  # a paused container's namespace is usable
+            assert h.ns_id == ns_of_pid(ms.pid)
+    finally:
+        client.api.unpause(c.id)
+    wait_match(t, client)
+    time.sleep(0.3)
+    assert log.kinds(unique) == ["STARTED"]
+    # A tracker started while it is paused sees it too.
+    client.api.pause(c.id)
+    try:
+        tr2, c2 = start_tracker(dockerd)
+        try:
+            assert tr2.tracker.snapshot()[unique] == ms
+        finally:
+            tr2.tracker.stop()
+            c2.close()
+    finally:
+        client.api.unpause(c.id)
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_duplicate_labels(tracked: Tracked, client: Any, unique: str) -> None:
+    """Newest Created wins with a CONFLICT; when it dies the other takes over."""
+    t, log = tracked.tracker, tracked.log
+    a = run(client, unique)
+    log.wait_kinds(unique, ["STARTED"])
+    b = run(client, unique)
+    log.wait_kinds(unique, ["STARTED", "STARTED", "CONFLICT"])
+    conflict = log.snapshot()[-1]
+    assert conflict.microservice.container_id == b.id
+    assert [m.container_id for m in conflict.claimants] == [b.id, a.id]
+    assert [m.container_id for m in t.claimants(unique)] == [b.id, a.id]
+    claims = truth_claims(client)[unique]
+    assert [cid for _, cid, _ in claims] == [b.id, a.id]
+    wait_match(t, client)
+    # Restarting the older one changes nothing about the winner.
+    client.api.restart(a.id, timeout=0)
+    wait_until(lambda: t.claimants(unique)[-1].pid == running_pid(client, a.id), 10, "a back")
+    assert t.snapshot()[unique].container_id == b.id
+    # The winner dies: failover to a (STARTED, not STOPPED).
+    n = len(log.of(unique))
+    client.api.kill(b.id)
+    wait_until(lambda: log.kinds(unique)[n:] == ["STARTED"], 10, "failover")
+    assert log.of(unique)[-1] == ("STARTED", a.id, running_pid(client, a.id))
+    wait_match(t, client)
+    client.api.kill(a.id)
+    wait_until(lambda: log.kinds(unique)[-1:] == ["STOPPED"], 10, "stopped")
+    wait_match(t, client)
+    assert log.replay() == project(t.snapshot())
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_fifty_containers_at_once(dockerd: Any, client: Any, unique: str) -> None:
+    from dockerd import unique_name
+
+    tr, tclient = start_tracker(dockerd)
+    try:
+        t, log = tr.tracker, tr.log
+        labels = [f"{unique}-{i}" for i in range(50)]
+        containers = pmap(lambda lb: run(client, lb, name=unique_name("fifty")), labels)
+        want = wait_match(t, client, 60)
+        assert all(want[lb][0] == c.id for lb, c in zip(labels, containers, strict=True))
+        wait_until(lambda: all(log.kinds(lb) == ["STARTED"] for lb in labels), 20, "50 STARTED")
+        # A second tracker's initial sync sees all fifty.
+        tr2, c2 = start_tracker(dockerd)
+        try:
+            assert project(tr2.tracker.snapshot()) == want
+            assert sorted(e.label for e in tr2.log.snapshot()) == sorted(want)
+        finally:
+            tr2.tracker.stop()
+            c2.close()
+        pmap(lambda c: client.api.remove_container(c.id, force=True), containers)
+        wait_until(
+            lambda: all(log.kinds(lb) == ["STARTED", "STOPPED"] for lb in labels), 30, "STOPPED"
+        )
+        wait_match(t, client)
+        assert log.replay() == project(t.snapshot())
+    finally:
+        tr.tracker.stop()
+        tclient.close()
+    tr.log.check()
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_network_modes(tracked: Tracked, client: Any, unique: str) -> None:
+    """host: refused unless allow_shared; container:X: X's namespace, flagged shared."""
+    t = tracked.tracker
+    x = run(client, f"{unique}-x")
+    host = run(client, f"{unique}-host", network="host")
+    shared = run(client, f"{unique}-shared", network=f"container:{x.id}")
+    wait_match(t, client)
+    snap = t.snapshot()
+    ms_host, ms_shared, ms_x = snap[f"{unique}-host"], snap[f"{unique}-shared"], snap[f"{unique}-x"]
+    assert ms_host.network_mode == "host" and ms_host.shares_network
+    assert ms_shared.network_container == x.id and ms_shared.shares_network
+    assert not ms_x.shares_network
+    with pytest.raises(nslib.UnavailableMicroserviceError, match="network host"):
+        ms_host.open_namespace()
+    with pytest.raises(nslib.UnavailableMicroserviceError, match="network host"):
+        nslib.open_namespace(nslib.NetNamespace.microservice(f"{unique}-host"), tracker=t)
+    with ms_host.open_namespace(allow_shared=True) as h:
+        assert h.ns_id == HOST_NS
+    with ms_shared.open_namespace() as h1, ms_x.open_namespace() as h2:
+        assert h1.same_namespace(h2) and h1.ns_id != HOST_NS
+    # container:X where X is on the host network: the last guard refuses.
+    on_host = run(client, f"{unique}-onhost", network=f"container:{host.id}")
+    ms_on_host = wait_until(lambda: t.snapshot().get(f"{unique}-onhost"), 10, "onhost")
+    assert ms_on_host.container_id == on_host.id
+    with pytest.raises(nslib.UnavailableMicroserviceError, match="this process's own"):
+        ms_on_host.open_namespace()
+    with ms_on_host.open_namespace(allow_shared=True) as h:
+        assert h.ns_id == HOST_NS
+    assert shared.id  # keep the reference used
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_open_namespace_refuses_reused_pid(client: Any, unique: str) -> None:
+    """A stale PID now used by a host process must never yield the host's namespace."""
+    fds = open_fds()
+    c = run(client, unique)
+    ms = microservice_of(client, c.id, unique)
+    with ms.open_namespace() as h:
+        assert h.ns_id == ns_of_pid(ms.pid) != HOST_NS
+    # 1. Constructed: the container's ID with a host process's PID.
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        fake = Microservice(
+            label=unique,
+            container_id=ms.container_id,
+            name=ms.name,
+            pid=sleeper.pid,
+            created_ns=ms.created_ns,
+            started_at_ns=ms.started_at_ns,
+        )
+        assert ns_of_pid(sleeper.pid) == HOST_NS
+        with pytest.raises(nslib.UnavailableMicroserviceError, match="cgroup"):
+            fake.open_namespace()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # 2. Another container's process: refused too (its cgroup names the other one).
+    other = run(client, f"{unique}-o")
+    wrong = Microservice(
+        label=unique,
+        container_id=ms.container_id,
+        name="x",
+        pid=running_pid(client, other.id),
+        created_ns=0,
+        started_at_ns=0,
+    )
+    with pytest.raises(nslib.UnavailableMicroserviceError, match="cgroup"):
+        wrong.open_namespace()
+    # 3. Forced reuse: kill the container, make the kernel hand its PID to a host sleep.
+    client.api.kill(c.id)
+    wait_until(lambda: not os.path.exists(f"/proc/{ms.pid}"), 5, "container gone")
+    with pytest.raises(nslib.UnavailableMicroserviceError, match="exited"):
+        ms.open_namespace()
+    reused = False
+    for _ in range(20):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(ms.pid - 1))
+        p = subprocess.Popen(["sleep", "30"])
+        try:
+            if p.pid == ms.pid:
+                reused = True
+                # The stale path now really points at the host's namespace ...
+                assert ns_of_pid(ms.pid) == HOST_NS
+                # ... and open_namespace refuses instead of following it.
+                with pytest.raises(nslib.UnavailableMicroserviceError, match="cgroup"):
+                    ms.open_namespace()
+                break
+        finally:
+            p.kill()
+            p.wait()
+    assert reused, "could not make the kernel reuse the PID (busy machine?)"
+    assert open_fds() <= fds | {f for f in open_fds() if _is_socket(f)}
+
+
+def _is_socket(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    except OSError:
+        return False
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_wait_for_sync_and_async(tracked: Tracked, client: Any, unique: str) -> None:
+    t = tracked.tracker
+    got: list[Microservice] = []
+    waiter = threading.Thread(target=lambda: got.append(t.wait_for(f"{unique}-s", 15)))
+    waiter.start()
+    time.sleep(0.1)
+    c = run(client, f"{unique}-s")
+    waiter.join(15)
+    assert got and got[0].container_id == c.id
+    t0 = time.monotonic()
+    with pytest.raises(nslib.UnavailableMicroserviceError, match=r"after 0\.2 s"):
+        t.wait_for(f"{unique}-never", 0.2)
+    assert time.monotonic() - t0 < 1
+
+    async def main() -> None:
+        task = asyncio.create_task(t.wait_for_async(f"{unique}-a", 15))
+        await asyncio.sleep(0.1)
+        c2 = await asyncio.to_thread(run, client, f"{unique}-a")
+        ms = await task
+        assert ms.container_id == c2.id
+        # Already there: returns at once.
+        assert (await t.wait_for_async(f"{unique}-a", 0)).container_id == c2.id
+        with pytest.raises(nslib.UnavailableMicroserviceError):
+            await t.wait_for_async(f"{unique}-never", 0.2)
+        # Cancelling leaves no waiter behind.
+        task = asyncio.create_task(t.wait_for_async(f"{unique}-never", 30))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not t._async_waiters
+
+    asyncio.run(main())
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_callbacks_slow_raising_replay_unsubscribe(
+    tracked: Tracked, client: Any, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    t, log = tracked.tracker, tracked.log
+    first = run(client, f"{unique}-1")
+    log.wait_kinds(f"{unique}-1", ["STARTED"])
+
+    def boom(ev: MicroserviceEvent) -> None:
+        raise RuntimeError("callback bug")
+
+    slow_seen: list[float] = []
+
+    def slow(ev: MicroserviceEvent) -> None:
+        slow_seen.append(time.monotonic())
+        time.sleep(0.5)
+
+    unsub_boom = t.subscribe(boom)
+    unsub_slow = t.subscribe(slow)
+    replayed = EventLog()
+    t.subscribe(replayed, replay=True)
+    second = run(client, f"{unique}-2")
+    # The state does not wait for the slow callback.
+    wait_until(lambda: f"{unique}-2" in t.snapshot(), 5, "state")
+    log.wait_kinds(f"{unique}-2", ["STARTED"])
+    wait_until(lambda: t.health().callback_errors >= 1, 5, "callback error counted")
+    assert "callback bug" in caplog.text
+    # The replaying subscriber got the state, then the change: once each.
+    wait_until(lambda: replayed.kinds(f"{unique}-2") == ["STARTED"], 5, "replay")
+    assert replayed.of(f"{unique}-1") == [("STARTED", first.id, t.snapshot()[f"{unique}-1"].pid)]
+    assert replayed.replay() == {
+        k: v for k, v in project(t.snapshot()).items() if k in replayed.replay()
+    }
+    unsub_boom()
+    unsub_slow()
+    unsub_slow()  # idempotent
+    n = len(slow_seen)
+    client.api.kill(second.id)
+    log.wait_kinds(f"{unique}-2", ["STARTED", "STOPPED"])
+    wait_until(lambda: replayed.kinds(f"{unique}-2") == ["STARTED", "STOPPED"], 5, "replay")
+    assert len(slow_seen) <= n + 1  # at most the call that was already running
+    assert replayed.threads == {"nslib-ms-dispatch"}
+    replayed.check()
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_stop_is_prompt_idempotent_and_callable_from_callback(dockerd: Any, unique: str) -> None:
+    tr, tclient = start_tracker(dockerd)
+    try:
+        t0 = time.monotonic()
+        tr.tracker.stop()
+        assert time.monotonic() - t0 < 0.5
+        tr.tracker.stop()
+        assert not [th for th in threading.enumerate() if th.name.startswith("nslib-ms")]
+        h = tr.tracker.health()
+        assert h.stopped and not h.connected and not h.in_sync
+        with pytest.raises(RuntimeError):
+            tr.tracker.start()
+        with pytest.raises(nslib.UnavailableMicroserviceError, match="stopped"):
+            tr.tracker.wait_for(unique, 5)
+    finally:
+        tr.tracker.stop()
+        tclient.close()
+    # stop() from inside a callback does not deadlock.
+    tr, tclient = start_tracker(dockerd)
+    try:
+        done = threading.Event()
+
+        def stopper(ev: MicroserviceEvent) -> None:
+            tr.tracker.stop()
+            done.set()
+
+        tr.tracker.subscribe(stopper)
+        client = dockerd.client()
+        try:
+            run(client, unique)
+            assert done.wait(10)
+        finally:
+            from dockerd import remove_test_containers
+
+            remove_test_containers(client)
+            client.close()
+        wait_until(
+            lambda: not [th for th in threading.enumerate() if th.name.startswith("nslib-ms")],
+            3,
+            "threads gone",
+        )
+    finally:
+        tr.tracker.stop()
+        tclient.close()
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_label_key_mode(dockerd: Any, client: Any, unique: str) -> None:
+    key = "org.nslib.test.ms"
+    tr, tclient = start_tracker(dockerd, label_env=None, label_key=key)
+    try:
+        t, log = tr.tracker, tr.log
+        by_label = run(client, None, labels={key: f"{unique}-l"})
+        run(client, f"{unique}-env")  # env only: not a microservice in this mode
+        log.wait_kinds(f"{unique}-l", ["STARTED"])
+        assert t.snapshot()[f"{unique}-l"].container_id == by_label.id
+        assert f"{unique}-env" not in t.snapshot()
+        wait_match(t, client, label_env=None, label_key=key)
+        client.api.kill(by_label.id)
+        log.wait_kinds(f"{unique}-l", ["STARTED", "STOPPED"])
+        wait_match(t, client, label_env=None, label_key=key)
+    finally:
+        tr.tracker.stop()
+        tclient.close()
+    with pytest.raises(ValueError):
+        MicroserviceTracker(client, label_env=None, label_key=None)
+
+
+def test_not_started_and_bad_arguments() -> None:
+    t = MicroserviceTracker(object())
+    with pytest.raises(RuntimeError, match="not started"):
+        t.get("x")
+    with pytest.raises(RuntimeError, match="not started"):
+        t.wait_for("x", 0)
+    assert t.snapshot() == {} and not t.in_sync
+    assert not t.wait_in_sync(0)
+    t.stop()  # never started: harmless
+    with pytest.raises(ValueError):
+        MicroserviceTracker(resync_interval=0)
+    with pytest.raises(ValueError):
+        MicroserviceTracker(since_margin=-1)
