@@ -1,0 +1,269 @@
+"""nslib.inventory: every namespace the test builds shows up once, with the right holders."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import thread_ns
+
+import nslib
+from nslib import named
+from nslib.inventory import Inventory, NamespaceInfo, inventory
+
+pytestmark = pytest.mark.root
+
+
+def find(inv: Inventory, h: nslib.NsHandle) -> NamespaceInfo:
+    ns = inv.get(h.ns_id)
+    assert ns is not None, f"{h.what} ({h.ns_id}) missing from the inventory"
+    return ns
+
+
+def no_duplicates(inv: Inventory) -> None:
+    ids = [ns.ns_id for ns in inv]
+    assert len(ids) == len(set(ids))
+
+
+def set_nsid(ns_fd: int, nsid: int) -> None:
+    """RTM_NEWNSID: give the namespace an nsid in this thread's namespace."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as nl:
+        body = struct.pack("=B3x", socket.AF_UNSPEC)
+        body += struct.pack("=HHI", 8, 3, ns_fd)  # NETNSA_FD
+        body += struct.pack("=HHi", 8, 1, nsid)  # NETNSA_NSID
+        nl.send(struct.pack("=IHHII", 16 + len(body), 88, 1 | 4, 1, 0) + body)  # REQUEST|ACK
+        data = nl.recv(4096)
+        (err,) = struct.unpack_from("=i", data, 16)
+        if err:
+            raise OSError(-err, os.strerror(-err))
+
+
+@pytest.fixture
+def process_ns() -> Iterator[tuple[int, tuple[int, int]]]:
+    """(pid, ns_id) of `unshare -n sleep 60`, once it has unshared."""
+    proc = subprocess.Popen(["unshare", "-n", "sleep", "60"])
+    try:
+        home = thread_ns()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = os.stat(f"/proc/{proc.pid}/ns/net")
+            if (st.st_dev, st.st_ino) != home and os.readlink(f"/proc/{proc.pid}/exe").endswith(
+                "sleep"
+            ):
+                break
+            time.sleep(0.01)
+        yield proc.pid, (st.st_dev, st.st_ino)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_built_topology_is_listed(
+    run_dir: str, unique: str, process_ns: tuple[int, tuple[int, int]]
+) -> None:
+    pid, by_proc = process_ns
+    with named.create(unique, run_dir=run_dir) as named_h, nslib.NsHandle.new() as by_fd:
+        named_key = named_h.ns_id
+        nsid = random.randint(100_000, 2_000_000)
+        set_nsid(named_h.fileno(), nsid)
+        named_h.close()  # only the bind mount holds it now
+        try:
+            inv = inventory(run_dir=run_dir, docker=False)
+            no_duplicates(inv)
+
+            ns = inv.get(named_key)
+            assert ns is not None
+            assert ns.names == (unique,)
+            assert [m.path for m in ns.mounts] == [os.path.join(run_dir, unique)]
+            assert ns.nsid == nsid
+            assert ns.held_by == ("mounts",)
+            assert inv.named(unique) == ns
+
+            ns = inv.get(by_proc)
+            assert ns is not None
+            assert ns.pids == (pid,)
+            assert ns.processes[0].command == "sleep 60"
+            assert ns.processes[0].all_threads
+            assert ns.held_by == ("processes",)
+            assert ns.names == () and ns.nsid is None
+
+            ns = find(inv, by_fd)
+            assert ns.held_by == ("fds",)
+            assert [(f.pid, f.fd, f.kind) for f in ns.fds] == [(os.getpid(), by_fd.fileno(), "ns")]
+
+            here = inv.get(thread_ns())
+            assert here is not None and here.current
+            assert os.getpid() in here.pids
+            assert sum(ns.current for ns in inv) == 1
+        finally:
+            named.delete(unique, run_dir=run_dir)
+    # Gone once nothing holds them.
+    inv = inventory(run_dir=run_dir, docker=False, nsid=False)
+    assert inv.get(named_key) is None
+
+
+def test_one_namespace_many_holders_is_listed_once(run_dir: str, unique: str) -> None:
+    with named.create(unique, run_dir=run_dir) as h:
+        proc = nslib.process.popen(h, ["sleep", "60"], etc=False)
+        try:
+            other = f"{unique[:-1]}z"
+            named.attach(other, h, run_dir=run_dir)
+            inv = inventory(run_dir=run_dir, docker=False)
+            no_duplicates(inv)
+            ns = find(inv, h)
+            assert ns.names == tuple(sorted([unique, other]))
+            assert ns.pids == (proc.pid,)
+            assert ns.held_by == ("mounts", "processes", "fds")
+            named.delete(other, run_dir=run_dir)
+        finally:
+            proc.kill()
+            proc.wait()
+            named.delete(unique, run_dir=run_dir)
+
+
+def test_a_thread_inside_is_a_holder(netns: nslib.NsHandle) -> None:
+    # A pinned worker thread: ip netns pids would miss it (main thread only).
+    with nslib.pinned(netns) as ex:
+        tid = ex.submit(threading.get_native_id).result()
+        key = netns.ns_id
+        netns_fd = netns.fileno()
+        inv = inventory(docker=False, nsid=False)
+    ns = inv.get(key)
+    assert ns is not None
+    [proc] = ns.processes
+    assert proc.pid == os.getpid()
+    assert tid in proc.threads
+    assert not proc.all_threads
+    assert (os.getpid(), netns_fd) in [(f.pid, f.fd) for f in ns.fds]
+
+
+def test_a_socket_only_namespace_needs_sockets_true() -> None:
+    with nslib.NsHandle.new() as h:
+        key = h.ns_id
+        sock = nslib.socket_in(h, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert inventory(docker=False, nsid=False).get(key) is None
+        inv = inventory(docker=False, nsid=False, sockets=True)
+        ns = inv.get(key)
+        assert ns is not None
+        assert [(f.pid, f.fd, f.kind) for f in ns.fds] == [(os.getpid(), sock.fileno(), "socket")]
+        assert ns.held_by == ("sockets",)
+        no_duplicates(inv)
+    finally:
+        sock.close()
+
+
+def test_a_mount_in_another_mount_namespace(tmp_path: Path) -> None:
+    # The namespace is bound onto a file inside a private mount namespace whose
+    # only process (sleep) is in the host's network namespace.
+    target = tmp_path / "pinned"
+    target.touch()
+    proc = subprocess.Popen(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"unshare --net={target} true && exec sleep 60",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.01)
+        inv = inventory(docker=False, nsid=False)
+        found = [ns for ns in inv if any(m.path == str(target) for m in ns.mounts)]
+        assert len(found) == 1
+        [mount] = [m for m in found[0].mounts if m.path == str(target)]
+        assert mount.via_pid == proc.pid
+        assert found[0].processes == ()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_scan_survives_churn() -> None:
+    # Processes and threads come and go during the scan: never an error.
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            subprocess.run(["unshare", "-n", "true"], check=False)
+
+    threads = [threading.Thread(target=churn) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(5):
+            inv = inventory(docker=False, sockets=True)
+            no_duplicates(inv)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def test_json_is_complete(netns: nslib.NsHandle) -> None:
+    inv = inventory(docker=False)
+    data = json.loads(inv.to_json())
+    assert data["run_dir"] == "/run/netns"
+    ids = {ns["ns_id"] for ns in data["namespaces"]}
+    assert f"{netns.ns_id[0]}:{netns.ns_id[1]}" in ids
+    one = data["namespaces"][0]
+    for key in ("names", "mounts", "nsid", "processes", "fds", "containers", "held_by", "current"):
+        assert key in one
+
+
+def test_unreachable_docker_is_reported_not_raised(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
+    t0 = time.monotonic()
+    inv = inventory()
+    assert time.monotonic() - t0 < 10
+    assert inv.docker.startswith("not reachable"), inv.docker
+    assert inventory(docker=False).docker == "not asked"
+
+
+@pytest.mark.docker
+def test_containers_are_attached_to_their_namespace(
+    dockerd: object, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    from dockerd import run_container
+
+    client = dockerd.client()  # type: ignore[attr-defined]
+    c = run_container(client, label=unique)
+    try:
+        c.reload()
+        pid = c.attrs["State"]["Pid"]
+        monkeypatch.setenv("DOCKER_HOST", dockerd.base_url)  # type: ignore[attr-defined]
+        inv = inventory()
+        assert inv.docker == "ok"
+        with nslib.NsHandle.from_pid(pid) as h:
+            ns = find(inv, h)
+        [entry] = [x for x in ns.containers if x.id == c.id]
+        assert entry.label == unique
+        assert entry.pid == pid
+        assert entry.name == c.name
+        assert entry.network_mode == "none"
+        assert pid in ns.pids
+        no_duplicates(inv)
+    finally:
+        c.remove(force=True)
+        client.close()
