@@ -606,20 +606,43 @@ def build_parser() -> argparse.ArgumentParser:
     ms_watch.add_argument("--json", action="store_true", help="one JSON object per line")
     ms_watch.set_defaults(handler=cmd_ms_watch)
 
-    bench = sub.add_parser("bench", help="run every benchmark and write the report")
-    bench.add_argument("rest", nargs=argparse.REMAINDER, help="passed to benchmarks/run_all.py")
-    bench.set_defaults(handler=cmd_bench)
-
+    # Everything after `bench` / `demo` is passed on untouched (see main()).
+    bench = sub.add_parser(
+        "bench", help="run every benchmark and write the report (ARGS: see `nslib bench -h`)"
+    )
+    bench.set_defaults(handler=cmd_bench, rest=[])
     demo = sub.add_parser("demo", help="build a small topology, show it, tear it down")
-    demo.add_argument("rest", nargs=argparse.REMAINDER, help="passed to nslib.demo.main")
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, rest=[])
     return p
+
+
+_PASSTHROUGH = ("bench", "demo")
+
+
+def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(argv for our parser, arguments for the delegate)`` for bench and demo."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--run-dir":
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        if arg in _PASSTHROUGH:
+            return argv[: i + 1], argv[i + 1 :]
+        break
+    return argv, []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nslib`` command line; return the exit status."""
     logging.basicConfig(level=logging.WARNING, format="nslib: warning: %(message)s")
-    args = build_parser().parse_args(argv)
+    ours, rest = _split_passthrough(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(ours)
+    if rest:
+        args.rest = rest
     if args.handler is not cmd_ms_watch:
         # The tracker logs each failed connection; one clear error is enough here.
         logging.getLogger("nslib.microservice").setLevel(logging.ERROR)
