@@ -251,6 +251,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     ref = _reference(args.ref)
     try:
         execvp(ref, cmd, etc=not args.no_etc, run_dir=args.run_dir)
+    except DockerUnavailableError as e:
+        raise CliError(_docker_hint(e), EXIT_EXEC_FAILED) from None
     except OSError as e:
         if e.filename == cmd[0]:  # exec itself failed; the namespace part worked
             if e.errno == errno.ENOENT:
