@@ -431,10 +431,11 @@ def _add_route(
     dev: LinkRef | None,
     what: str,
     exist_ok: bool,
+    replace: bool = False,
 ) -> None:
     spec = _route_spec(ipr, dst, gateway, dev, what)
     try:
-        ipr.route("add", **spec)
+        ipr.route("replace" if replace else "add", **spec)
     except NetlinkError as e:
         if e.code == errno.EEXIST and exist_ok:
             return
