@@ -24,6 +24,7 @@ import os
 import queue
 import socket
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar, final
@@ -270,9 +271,10 @@ class Revert:
         self()
 
     def __del__(self) -> None:
-        if getattr(self, "_depth", 0):
-            import warnings
-
+        depth = getattr(self, "_depth", 0)
+        if depth:
+            if threading.get_ident() == self._thread and _raw_serial(depth) != self._serial:
+                return  # its switch was already undone by an enclosing block
             warnings.warn(
                 f"switch_to({self._what}) was never reverted", ResourceWarning, stacklevel=2
             )
@@ -437,23 +439,48 @@ class PinnedExecutor(Executor):
             if item is _STOP:
                 break
             fut, fn, args, kwargs = item
+            del item
             if not fut.set_running_or_notify_cancel():
                 continue
-            # A task that failed to switch back, or left a switch open, has
-            # moved the worker: run nothing more in the wrong namespace.
-            if sys_.poisoned() or _raw_depth():
+            # A task whose switch failed to move back has left the worker in
+            # the wrong namespace: run nothing more there.
+            if sys_.poisoned():
                 fut.set_exception(
                     NamespaceRestoreError(
                         errno.EIO,
                         f"the pinned worker for {self._what} is no longer in its namespace "
-                        "(an earlier task failed to switch back or left a switch open)",
+                        "(an earlier task failed to switch back)",
                     )
                 )
                 continue
             try:
-                fut.set_result(fn(*args, **kwargs))
+                result, error = fn(*args, **kwargs), None
             except BaseException as e:
-                fut.set_exception(e)
+                result, error = None, e
+            del fn, args, kwargs
+            if _raw_depth():
+                error = self._move_back()
+            if error is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(error)
+            del fut, result, error
+
+    def _move_back(self) -> BaseException:
+        # The task left a switch_to() open.  The worker belongs in its
+        # namespace, so undo it (the task's revert becomes a no-op) and fail
+        # the task, as an entered() block does.
+        if _raw_unwind(1) < 0:
+            err = sys_.ffi.errno
+            return NamespaceRestoreError(
+                err,
+                f"{os.strerror(err)}: a task left the pinned worker for {self._what} switched "
+                "and it cannot move back; the worker is poisoned",
+            )
+        return RuntimeError(
+            f"a task left the pinned worker for {self._what} inside a switch_to() it never "
+            "reverted; the worker was moved back and the task failed"
+        )
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on the pinned worker."""
