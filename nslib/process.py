@@ -195,12 +195,17 @@ def _bind_etc(name: str) -> list[str]:
                 os.fsencode(src), os.fsencode(dst), b"none", sys_.MS_BIND, f"bind {src} -> {dst}"
             )
         except OSError as e:
-            problems.append(f"bind {src} -> {dst} failed: {e.strerror}")
+            why = os.strerror(e.errno) if e.errno else str(e)
+            problems.append(f"bind {src} -> {dst} failed: {why}")
     return problems
 
 
-def _spawn(target: _Target, etc: bool, launch: Any) -> Any:
-    """Call ``launch()`` from a throwaway thread that joined *target*; return its result."""
+def _spawn(target: _Target, etc: bool, launch: Any, *, replaces: bool = False) -> Any:
+    """Call ``launch()`` from a throwaway thread that joined *target*; return its result.
+
+    *replaces*: ``launch`` execs, so bind problems are logged before it (from
+    the thread), since nothing runs after a successful exec.
+    """
     done = _thread.allocate_lock()
     done.acquire()
     box: list[Any] = []  # [Popen or exception, bind problems]
@@ -212,6 +217,9 @@ def _spawn(target: _Target, etc: bool, launch: Any) -> Any:
                 sys_.prepare_exec(target.fd, target.what)
                 if target.name is not None:
                     problems = _bind_etc(target.name)
+                    if replaces:
+                        _report(problems, target)
+                        problems = []
             else:
                 sys_.join(target.fd, target.what)
             box.append(launch())
@@ -233,9 +241,13 @@ def _spawn(target: _Target, etc: bool, launch: Any) -> Any:
     result, problems = box
     if isinstance(result, BaseException):
         raise result
+    _report(problems, target)
+    return result
+
+
+def _report(problems: list[str], target: _Target) -> None:
     for problem in problems:
         log.warning("%s (namespace %s)", problem, target.what)
-    return result
 
 
 def _abandon(done: Any, box: list[Any]) -> None:
@@ -402,7 +414,7 @@ def execvp(
                 raise OSError(e.errno, e.strerror, args[0]) from None
 
         try:
-            _spawn(target, etc, launch)
+            _spawn(target, etc, launch, replaces=True)
         finally:  # exec failed: put things back
             for signum, handler in saved.items():
                 signal.signal(signum, handler)
