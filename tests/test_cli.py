@@ -176,6 +176,7 @@ def test_exec_gets_etc_netns_and_sys(named_ns: tuple[str, str], etc_dir: Path) -
     name, run_dir = named_ns
     resolv = f"nameserver 192.0.2.1\nsearch {name}.example\n"
     (etc_dir / "resolv.conf").write_text(resolv)
+    (etc_dir / f"{name}-absent.conf").write_text("x\n")
     veth = name[:13] + "va"
     assert (
         nslib_cmd(
@@ -195,6 +196,8 @@ def test_exec_gets_etc_netns_and_sys(named_ns: tuple[str, str], etc_dir: Path) -
         "cat /etc/resolv.conf; echo ---; ls /sys/class/net; exit 9",
     )
     assert r.returncode == 9, r.stderr
+    # A file with no /etc counterpart cannot be bound: a warning, as in ip netns exec.
+    assert f"warning: bind {etc_dir}/{name}-absent.conf -> /etc/{name}-absent.conf" in r.stderr
     got_resolv, _, got_sys = r.stdout.partition("---\n")
     assert got_resolv == resolv
     ifaces = got_sys.split()
