@@ -97,7 +97,8 @@ class ContainerEntry:
     id: str
     name: str
     pid: int
-    #: The microservice label (``MICROSERVICE_LABEL`` in its environment), if any.
+    #: The microservice label (``MICROSERVICE_LABEL`` in its environment, or the
+    #: configured docker label), if any.
     label: str | None
     #: docker's ``HostConfig.NetworkMode`` (``host`` and ``container:X`` share).
     network_mode: str
@@ -379,8 +380,8 @@ class _Scan:
 
     # Docker -------------------------------------------------------------------
 
-    def docker(self, timeout: float, label_env: str) -> str:
-        found, status = _containers(timeout, label_env)
+    def docker(self, timeout: float, label_env: str, label_key: str | None) -> str:
+        found, status = _containers(timeout, label_env, label_key)
         for c in found:
             key = self.leader_ns.get(c.pid)
             opener = f"/proc/{c.pid}/ns/net"
@@ -437,6 +438,7 @@ def inventory(
     docker: bool = True,
     docker_timeout: float = 2.0,
     label_env: str = "MICROSERVICE_LABEL",
+    label_key: str | None = None,
     sockets: bool = False,
     nsid: bool = True,
 ) -> Inventory:
@@ -448,6 +450,8 @@ def inventory(
         an unreachable daemon is reported in :attr:`Inventory.docker`, never
         raised, and costs at most about *docker_timeout* seconds.
     :param label_env: the environment variable naming a microservice.
+    :param label_key: a docker label naming a microservice (checked first),
+        as :class:`~nslib.MicroserviceTracker` accepts.
     :param sockets: also find namespaces held only by sockets (slower; see
         the module docstring).
     :param nsid: look up each namespace's nsid in the caller's namespace.
@@ -461,7 +465,7 @@ def inventory(
     scan.threads(pids)
     scan.mounts(pids)
     scan.fds(pids, sockets)
-    status = scan.docker(docker_timeout, label_env) if docker else "not asked"
+    status = scan.docker(docker_timeout, label_env, label_key) if docker else "not asked"
     return Inventory(
         namespaces=tuple(scan.result(nsid)),
         run_dir=run_dir or DEFAULT_RUN_DIR,
@@ -638,7 +642,9 @@ def _get_nsid(nl: socket.socket, fd: int, seq: int) -> int | None:
         return None
 
 
-def _containers(timeout: float, label_env: str) -> tuple[list[ContainerEntry], str]:
+def _containers(
+    timeout: float, label_env: str, label_key: str | None
+) -> tuple[list[ContainerEntry], str]:
     """Running containers, or ``([], why not)``; never raises, never hangs."""
     try:
         import docker
@@ -656,10 +662,11 @@ def _containers(timeout: float, label_env: str) -> tuple[list[ContainerEntry], s
             pid = int(attrs.get("State", {}).get("Pid") or 0)
             if pid <= 0:
                 continue
-            label = None
-            for item in attrs.get("Config", {}).get("Env") or []:
+            config = attrs.get("Config") or {}
+            label = (config.get("Labels") or {}).get(label_key) if label_key else None
+            for item in config.get("Env") or []:
                 key, _, value = item.partition("=")
-                if key == label_env:
+                if label is None and key == label_env:
                     label = value
             found.append(
                 ContainerEntry(
