@@ -315,12 +315,13 @@ class VethItem(ConfigItem):
             (pipr, self.peer_name, self.peer_addresses, peer_what),
         ):
             msg = nl._link_msg(p, link, w)
+            index = int(msg["index"])  # by index from here on: one round trip each
             if self.mtu is not None and msg.get("mtu") != self.mtu:
-                nl._set_link(p, link, w, f"setting MTU {self.mtu} on", mtu=self.mtu)
+                nl._set_link(p, index, w, f"setting MTU {self.mtu} on", mtu=self.mtu)
             for iface in addrs:
-                nl._add_address(p, link, iface, w, exist_ok=True)
+                nl._add_address(p, index, iface, w, exist_ok=True)
             if not msg["flags"] & nl._IFF_UP:
-                nl._set_link(p, link, w, "setting up", state="up")
+                nl._set_link(p, index, w, "setting up", state="up")
 
     def _undo(self, s: _Session) -> None:
         nl._delete_link(s.ipr(self._ns), self.name, s.what(self._ns), missing_ok=True)
