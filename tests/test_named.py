@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -679,6 +680,10 @@ def test_pids_process_and_thread(run_dir: str, fd_baseline: set[int]) -> None:
             assert thread_ns() != h.ns_id
             assert ns_of(f"/proc/{os.getpid()}/ns/net") != h.ns_id
             assert named.pids("busy", run_dir=run_dir) == [os.getpid()]
+        # join() returns before the OS thread is fully gone from /proc.
+        deadline = time.monotonic() + 5
+        while named.pids("busy", run_dir=run_dir) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert named.pids("busy", run_dir=run_dir) == []
         named.delete("busy", run_dir=run_dir)
 
