@@ -495,7 +495,7 @@ class MicroserviceTracker:
                 self._changed.wait(remaining)
             return self._in_sync
 
-    def get(self, label: str, timeout: float | None = 10.0) -> Microservice | None:
+    def get(self, label: str, timeout: float | None = 5.0) -> Microservice | None:
         """The container holding *label*, or None if no running container does.
 
         Waits for the first sync (at most *timeout* seconds; None waits as

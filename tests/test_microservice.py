@@ -235,6 +235,13 @@ class EventLog:
     def replay(self) -> dict[str, tuple[str, int]]:
         return replay(self.snapshot())
 
+    def last(self, label: str) -> MicroserviceEvent:
+        return [e for e in self.snapshot() if e.label == label][-1]
+
+    def wait_replay(self, tracker: MicroserviceTracker, timeout: float = 10.0) -> None:
+        """Wait until the log replays to the tracker's map (callbacks trail the state)."""
+        wait_until(lambda: self.replay() == project(tracker.snapshot()), timeout, "log replay")
+
 
 @dataclass
 class Tracked:
@@ -529,7 +536,7 @@ def test_before_and_after(dockerd: Any, client: Any, unique: str) -> None:
         assert ms_a is not None and ms_a.container_id == before.id
         assert ms_a.name == before.name and ms_a.network_mode == "none"
         log.wait_kinds(f"{unique}-a", ["STARTED"])
-        assert log.snapshot()[-1].daemon_time_ns is None  # found by the resync
+        assert log.last(f"{unique}-a").daemon_time_ns is None  # found by the resync
         after = run(client, f"{unique}-b")
         log.wait_kinds(f"{unique}-b", ["STARTED"])
         ev = next(e for e in log.snapshot() if e.label == f"{unique}-b")
@@ -554,11 +561,11 @@ def test_before_and_after(dockerd: Any, client: Any, unique: str) -> None:
         assert h.connected and h.in_sync and h.reconnects == 0 and h.resyncs >= 1
         assert h.last_event_time is not None and abs(h.last_event_time - time.time()) < 60
         assert "labels" in repr(t)
+        log.wait_replay(t)
     finally:
         tr.tracker.stop()
         tclient.close()
     tr.log.check()
-    assert tr.log.replay() == project(tr.tracker.snapshot())
 
 
 @pytest.mark.docker
@@ -570,7 +577,7 @@ def test_termination(tracked: Tracked, client: Any, unique: str, how: str) -> No
     cmd = "sh -c 'sleep 0.5'" if how == "exit" else None
     c = run(client, unique, command=cmd)
     log.wait_kinds(unique, ["STARTED"])
-    ms = log.snapshot()[-1].microservice
+    ms = log.last(unique).microservice
     if how == "stop":
         client.api.stop(c.id, timeout=0)
     elif how == "kill":
@@ -612,7 +619,7 @@ def test_docker_restart_and_stop_start(tracked: Tracked, client: Any, unique: st
     ids = {cid for _, cid, _ in log.of(unique)}
     assert ids == {c.id}
     wait_match(t, client)
-    assert log.replay() == project(t.snapshot())
+    log.wait_replay(t)
 
 
 @pytest.mark.docker
@@ -689,7 +696,7 @@ def test_duplicate_labels(tracked: Tracked, client: Any, unique: str) -> None:
     log.wait_kinds(unique, ["STARTED"])
     b = run(client, unique)
     log.wait_kinds(unique, ["STARTED", "STARTED", "CONFLICT"])
-    conflict = log.snapshot()[-1]
+    conflict = log.last(unique)
     assert conflict.microservice.container_id == b.id
     assert [m.container_id for m in conflict.claimants] == [b.id, a.id]
     assert [m.container_id for m in t.claimants(unique)] == [b.id, a.id]
@@ -709,7 +716,7 @@ def test_duplicate_labels(tracked: Tracked, client: Any, unique: str) -> None:
     client.api.kill(a.id)
     wait_until(lambda: log.kinds(unique)[-1:] == ["STOPPED"], 10, "stopped")
     wait_match(t, client)
-    assert log.replay() == project(t.snapshot())
+    log.wait_replay(t)
 
 
 @pytest.mark.docker
@@ -729,7 +736,10 @@ def test_fifty_containers_at_once(dockerd: Any, client: Any, unique: str) -> Non
         tr2, c2 = start_tracker(dockerd)
         try:
             assert project(tr2.tracker.snapshot()) == want
-            assert sorted(e.label for e in tr2.log.snapshot()) == sorted(want)
+            # Callbacks follow the state (dispatcher thread): wait for all fifty.
+            wait_until(
+                lambda: sorted(e.label for e in tr2.log.snapshot()) == sorted(want), 10, "replay"
+            )
         finally:
             tr2.tracker.stop()
             c2.close()
@@ -738,7 +748,7 @@ def test_fifty_containers_at_once(dockerd: Any, client: Any, unique: str) -> Non
             lambda: all(log.kinds(lb) == ["STARTED", "STOPPED"] for lb in labels), 30, "STOPPED"
         )
         wait_match(t, client)
-        assert log.replay() == project(t.snapshot())
+        log.wait_replay(t)
     finally:
         tr.tracker.stop()
         tclient.close()
@@ -898,36 +908,39 @@ def test_callbacks_slow_raising_replay_unsubscribe(
     def boom(ev: MicroserviceEvent) -> None:
         raise RuntimeError("callback bug")
 
-    slow_seen: list[float] = []
+    gate = threading.Event()
+    slow_seen: list[MicroserviceEvent] = []
 
     def slow(ev: MicroserviceEvent) -> None:
-        slow_seen.append(time.monotonic())
-        time.sleep(0.5)
+        slow_seen.append(ev)
+        gate.wait(10)
 
     unsub_boom = t.subscribe(boom)
     unsub_slow = t.subscribe(slow)
     replayed = EventLog()
     t.subscribe(replayed, replay=True)
     second = run(client, f"{unique}-2")
-    # The state does not wait for the slow callback.
-    wait_until(lambda: f"{unique}-2" in t.snapshot(), 5, "state")
-    log.wait_kinds(f"{unique}-2", ["STARTED"])
-    wait_until(lambda: t.health().callback_errors >= 1, 5, "callback error counted")
+    wait_until(lambda: slow_seen, 5, "the slow callback to block")
+    # The dispatcher is stuck in `slow`; the state still follows docker.
+    client.api.kill(second.id)
+    wait_until(lambda: f"{unique}-2" not in t.snapshot(), 5, "state to move on")
+    assert log.kinds(f"{unique}-2") == ["STARTED"]  # its STOPPED waits behind `slow`
+    gate.set()
+    log.wait_kinds(f"{unique}-2", ["STARTED", "STOPPED"])
+    wait_until(lambda: t.health().callback_errors >= 2, 5, "callback errors counted")
     assert "callback bug" in caplog.text
-    # The replaying subscriber got the state, then the change: once each.
-    wait_until(lambda: replayed.kinds(f"{unique}-2") == ["STARTED"], 5, "replay")
+    # The replaying subscriber got the state, then the changes: once each.
+    wait_until(lambda: replayed.kinds(f"{unique}-2") == ["STARTED", "STOPPED"], 5, "replay")
     assert replayed.of(f"{unique}-1") == [("STARTED", first.id, t.snapshot()[f"{unique}-1"].pid)]
-    assert replayed.replay() == {
-        k: v for k, v in project(t.snapshot()).items() if k in replayed.replay()
-    }
+    replayed.wait_replay(t)
     unsub_boom()
     unsub_slow()
     unsub_slow()  # idempotent
-    n = len(slow_seen)
-    client.api.kill(second.id)
-    log.wait_kinds(f"{unique}-2", ["STARTED", "STOPPED"])
-    wait_until(lambda: replayed.kinds(f"{unique}-2") == ["STARTED", "STOPPED"], 5, "replay")
-    assert len(slow_seen) <= n + 1  # at most the call that was already running
+    n, errors = len(slow_seen), t.health().callback_errors
+    run(client, f"{unique}-3")
+    log.wait_kinds(f"{unique}-3", ["STARTED"])
+    wait_until(lambda: replayed.kinds(f"{unique}-3") == ["STARTED"], 5, "third")
+    assert len(slow_seen) == n and t.health().callback_errors == errors
     assert replayed.threads == {"nslib-ms-dispatch"}
     replayed.check()
 
