@@ -226,7 +226,7 @@ def test_concurrent_popen_from_many_threads(
     deadline = time.monotonic() + 5
     while task_count() > tasks_before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert task_count() == tasks_before
+    assert task_count() <= tasks_before
 
 
 def test_exit_codes_input_and_check(netns: nslib.NsHandle) -> None:
@@ -276,7 +276,7 @@ def test_errors_leave_nothing_behind(
         run(closed, ["true"])
     with pytest.raises(nslib.NotANamespace):
         run(Path("/etc/hostname"), ["true"])
-    assert task_count() == tasks_before
+    assert task_count() <= tasks_before
 
 
 def test_ms_reference_without_docker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
