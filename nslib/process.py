@@ -32,12 +32,12 @@ does too.  Two consequences worth knowing: a dangling symlink cannot be
 bound over (the bind fails and is reported), and if the host later
 *replaces* the target file by renaming a new one over it (systemd-resolved
 does), the kernel detaches the bind in the child, which then sees the
-host's file.  For a long-running child on such a host, point the
-``/etc/<entry>`` symlink elsewhere or start the child with its own
-resolver configuration.
+host's file.  A long-running child on such a host should not rely on the
+bind lasting past the host's next rewrite.
 
 A bind that fails is a warning, as in iproute2: it is logged on the
-``nslib.process`` logger after the child has started, and the child runs.
+``nslib.process`` logger (after the child has started; for :func:`execvp`
+just before the exec), and the child runs.
 iproute2's VRF reset is not done.
 """
 
