@@ -45,6 +45,7 @@ raw_depth = lib.nslib_depth
 raw_last_enter = lib.nslib_last_enter
 raw_unwind = lib.nslib_unwind
 raw_serial = lib.nslib_serial
+raw_socket_in = lib.nslib_socket_in
 
 _NSTYPES = {
     0x00020000: "mnt",
@@ -175,13 +176,18 @@ def socket_in(fd: int, family: int, type: int, proto: int, what: str) -> int:
     """``socket(2)`` created inside *fd*'s namespace, atomically."""
     sock = lib.nslib_socket_in(fd, family, type, proto)
     if sock < 0:
-        err = ffi.errno
-        if sock == -1 and err == errno.EINVAL:
-            # EINVAL may be socket(2)'s (a bad family or type), not setns'.
-            check_netns(fd, what)
-            raise OSError(err, f"{os.strerror(err)}: socket({family}, {type}, {proto}) in {what}")
-        fail(sock, what)
+        socket_in_failed(sock, fd, family, type, proto, what)
     return sock
+
+
+def socket_in_failed(rc: int, fd: int, family: int, type: int, proto: int, what: str) -> NoReturn:
+    """Raise for a failed ``nslib_socket_in`` (call right after it)."""
+    err = ffi.errno
+    if rc == -1 and err == errno.EINVAL:
+        # EINVAL may be socket(2)'s (a bad family or type), not setns'.
+        check_netns(fd, what)
+        raise OSError(err, f"{os.strerror(err)}: socket({family}, {type}, {proto}) in {what}")
+    fail(rc, what)
 
 
 def new_netns() -> int:

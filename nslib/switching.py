@@ -56,6 +56,8 @@ _raw_depth = sys_.raw_depth
 _raw_last_enter = sys_.raw_last_enter
 _raw_unwind = sys_.raw_unwind
 _raw_serial = sys_.raw_serial
+_raw_socket_in = sys_.raw_socket_in
+_Socket = socket.socket
 _running_loop = asyncio._get_running_loop
 _FD_MAX = 2**31 - 1
 
@@ -530,14 +532,21 @@ def socket_in(
     Python code runs in the foreign namespace.  The socket stays bound to
     *ns* for its whole life, whatever thread uses it.
     """
-    fd, own, what = _resolve(ns)
+    if isinstance(ns, NsHandle) and ns._fd >= 0:
+        # The hot path: a handle we do not own, one C call.
+        fd = ns._fd
+        sock = _raw_socket_in(fd, family, type, proto)
+        if sock < 0:
+            sys_.socket_in_failed(sock, fd, family, type, proto, ns.what)
+    else:
+        fd, own, what = _resolve(ns)
+        try:
+            sock = sys_.socket_in(fd, family, type, proto, what)
+        finally:
+            if own is not None:
+                own.close()
     try:
-        sock = sys_.socket_in(fd, family, type, proto, what)
-    finally:
-        if own is not None:
-            own.close()
-    try:
-        return socket.socket(family, type, proto, fileno=sock)
+        return _Socket(family, type, proto, sock)
     except BaseException:
         os.close(sock)
         raise
