@@ -14,6 +14,17 @@ The rules (namespaces are per *thread*):
 * If a thread cannot be moved back (the kernel refused), it is *poisoned*:
   :class:`~nslib.NamespaceRestoreError` is raised and every later switch on
   that thread raises it too.  Let such a thread finish.
+* Threads started while a thread is switched are born in the foreign
+  namespace (the kernel copies it).  Start threads before switching, or use
+  :func:`run_in` / :func:`pinned`, whose threads join their target
+  explicitly whoever starts them.
+* Do not ``yield`` or ``await`` inside :func:`entered`: the switch belongs to
+  the thread, not to the generator or coroutine.
+* nslib remembers each thread's home namespace (one fd per thread, closed
+  when the thread exits).  Moves made through nslib (``join``, ``unshare``,
+  ``setns`` in :mod:`nslib._syscalls`) update it; a thread moved for good
+  behind nslib's back (another library's setns) must not use nslib switches
+  afterwards, as they would move it back to its old home.
 """
 
 from __future__ import annotations
@@ -111,8 +122,23 @@ class entered:
 
     Refused on a thread running an asyncio event loop.
 
+    An asynchronous exception (``KeyboardInterrupt`` from a signal) that
+    arrives while the thread is being switched in is handled: the switch is
+    undone before the exception propagates.  Python gives no way to close the
+    last window, between the end of the body and the start of ``__exit__``;
+    a signal landing exactly there leaves the thread switched (``switch_depth()``
+    then says so).
+
+    If the block ends while a :func:`switch_to` made inside it is still
+    open, the thread is moved back to where it was before the block anyway,
+    that inner switch is abandoned (its revert becomes a no-op) and
+    ``RuntimeError`` reports the bug.
+
     :raises NamespaceRestoreError: moving back failed; the thread is poisoned.
     :raises ClosedHandleError: *ns* is a closed handle.
+    :raises NotANamespace: *ns* is not a network namespace.
+    :raises RuntimeError: on an event loop thread, or the object is already
+        active.
     """
 
     __slots__ = ("_depth", "_ns", "_own", "_what")

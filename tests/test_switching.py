@@ -714,6 +714,15 @@ def test_pinned_worker_stays_while_main_stays_home(
     assert not settle_fds(fd_baseline)
 
 
+def test_pinned_as_an_asyncio_executor(a: NsHandle, home_ns: NsId, fd_baseline: set[int]) -> None:
+    async def main(ex: switching.PinnedExecutor) -> tuple[NsId, NsId]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(ex, thread_ns), thread_ns()
+
+    with pinned(a) as ex:
+        assert asyncio.run(main(ex)) == (a.ns_id, home_ns)
+
+
 def test_pinned_outlives_the_callers_handle(home_ns: NsId, fd_baseline: set[int]) -> None:
     h = NsHandle.new()
     ident = h.ns_id
