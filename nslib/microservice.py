@@ -11,7 +11,7 @@ label appears, disappears, restarts or is claimed twice::
         with ms.open_namespace() as ns:
             ...
 
-How it stays right (measured daemon behaviour: docs/docker-events.md):
+How it stays right (each point answers a measured behaviour of dockerd):
 
 * **Threads.**  A *reader* thread only iterates the event stream and queues
   what it reads (a daemon slows down for, then drops, a slow reader).  A
@@ -52,7 +52,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
@@ -337,7 +337,6 @@ class _AsyncWaiter:
     label: str
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Microservice | None]
-    done: bool = field(default=False)
 
 
 # ----------------------------------------------------------------------------
@@ -500,7 +499,8 @@ class MicroserviceTracker:
 
         Waits for the first sync (at most *timeout* seconds; None waits as
         long as it takes).  After that it answers at once from the map, which
-        may lag reality while the daemon is unreachable (see :meth:`health`).
+        may lag reality while the daemon is unreachable (see :meth:`health`)
+        and is frozen after :meth:`stop`.
 
         :raises DockerUnavailableError: the tracker has never been in sync
             (the daemon was unreachable for the whole *timeout*).

@@ -202,10 +202,65 @@ def test_forced_reconnect_with_missed_events(
     assert t.wait_in_sync(10), t.health()
     want = assert_consistent(tracked, client)
     assert t.health().reconnects == 1
+    if not overflow:  # `since` went back a margin: what was seen before came again
+        assert t.health().duplicates_dropped >= 1
     assert log.kinds(f"{unique}-a") == ["STARTED", "STOPPED"]
     assert log.of(f"{unique}-b") == [("STARTED", b.id, pid_of(client, b.id))]
     assert log.kinds(f"{unique}-c") == ["STARTED", "STOPPED", "RESTARTED"]
     assert want[f"{unique}-c"] == (c.id, pid_of(client, c.id)) != (c.id, old_c.pid)
+
+
+def test_events_during_initial_sync(dockerd: Any, client: Any, unique: str) -> None:
+    """Containers start and die while the tracker subscribes and syncs: nothing lost,
+    nothing reported twice (a start seen by both the list and the stream is one STARTED).
+    """
+    stop = threading.Event()
+    made: list[Any] = []
+
+    def churn(k: int) -> None:
+        i = 0
+        while not stop.is_set() or i < 4:  # at least 4 each, however slow the machine
+            i += 1
+            c = run(client, f"{unique}-{k}-{i}")
+            made.append(c)
+            if i % 2:
+                client.api.kill(c.id)
+
+    threads = [threading.Thread(target=churn, args=(k,)) for k in range(3)]
+    for th in threads:
+        th.start()
+    try:
+        time.sleep(0.4)
+        tr, tclient = start_tracker(dockerd)
+        time.sleep(0.8)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(30)
+    try:
+        want = assert_consistent(tr, client)
+        ours = [lb for lb in want if lb.startswith(unique)]
+        assert len(ours) >= 6 and len(made) >= 12, (ours, len(made))
+        for label in ours:  # still running: exactly one STARTED, whoever saw it first
+            assert tr.log.kinds(label) == ["STARTED"], (label, tr.log.of(label))
+        killed = [lb for lb in {e.label for e in tr.log.snapshot()} if lb not in want]
+        for label in killed:
+            assert tr.log.kinds(label) == ["STARTED", "STOPPED"], (label, tr.log.of(label))
+    finally:
+        tr.tracker.stop()
+        tclient.close()
+
+
+def test_periodic_resync_is_silent(dockerd: Any, client: Any, unique: str) -> None:
+    run(client, unique)
+    tr, tclient = start_tracker(dockerd, resync_interval=0.2)
+    try:
+        wait_until(lambda: tr.tracker.health().resyncs >= 4, 10, "periodic resyncs")
+        assert_consistent(tr, client)
+        assert tr.log.kinds(unique) == ["STARTED"]
+    finally:
+        tr.tracker.stop()
+        tclient.close()
 
 
 def _no_docker_env(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
