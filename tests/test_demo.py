@@ -1,0 +1,97 @@
+"""The README's first command, end to end: `nslib demo` on the real host."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import _missing
+
+import nslib.named
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+NSLIB = Path(sys.executable).parent / "nslib"
+
+
+def _demo_leftovers() -> list[str]:
+    """Anything a demo run could leave on the host."""
+    left = [n for n in nslib.named.list() if n.startswith("nsdemo")]
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=org.nslib.demo"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    left += [f"container {c}" for c in out.stdout.split()]
+    return left
+
+
+def _system_docker() -> None:
+    import docker
+
+    try:
+        client = docker.from_env(timeout=5)
+    except Exception as e:
+        _missing(f"the system docker daemon does not answer ({e}); scripts/host-setup.sh starts it")
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+@pytest.mark.docker
+def test_demo_runs_end_to_end_and_leaves_nothing() -> None:
+    _system_docker()
+    assert NSLIB.exists(), f"console script missing: {NSLIB}"
+    proc = subprocess.run(
+        [str(NSLIB), "demo"], capture_output=True, text=True, timeout=300, check=False
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    # Both pings (through the route, and into the container) went through.
+    assert out.count(" 0% packet loss") == 2, out
+    assert "status: PENDING (no container yet)" in out
+    assert "eth1: inet 10.231.2.2/30" in out
+    assert "[8/8] nslib ls" in out
+    assert "host left as found" in out
+    assert _demo_leftovers() == []
+
+
+def test_demo_without_docker_still_builds_the_namespace_part() -> None:
+    env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock")
+    proc = subprocess.run(
+        [str(NSLIB), "demo"], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "skipped, docker is not available" in out
+    assert out.count(" 0% packet loss") == 1
+    assert "host left as found" in out
+    assert _demo_leftovers() == []
+
+
+def test_demo_interrupted_tears_down() -> None:
+    env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [str(NSLIB), "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("[3/"):  # namespaces and the veth pair exist now
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stdout.read()
+    proc.stdout.close()
+    code = proc.wait(timeout=60)
+    out = "".join(seen) + rest
+    assert code == 130, out
+    assert "interrupted: tearing down" in out
+    assert "host left as found" in out
+    assert _demo_leftovers() == []
