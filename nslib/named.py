@@ -195,20 +195,25 @@ def _reserve(name: str, path: str, run_dir: str) -> int:
         # it and the bind below then fails cleanly with ENOENT.
         fcntl.flock(fd, fcntl.LOCK_EX)
     except BaseException:
-        _abandon(fd, path)
+        _abandon(fd, path, None)
         raise
     return fd
 
 
-def _abandon(fd: int, path: str, *, mounted: bool = False) -> None:
-    """Undo a failed creation: unmount if we mounted, unlink if still ours."""
+def _abandon(fd: int, path: str, ns: NsHandle | None) -> None:
+    """Undo a failed creation: unmount and unlink our placeholder, close its fd.
+
+    If *ns* is mounted there now (an interrupt struck right after the bind),
+    it was us: binding onto our placeholder needs our fd.
+    """
     try:
         mine = os.fstat(fd)
-        if mounted:
-            with contextlib.suppress(OSError):
-                sys_.umount2(os.fsencode(path), sys_.MNT_DETACH, f"undoing {path}")
         try:
             st = os.lstat(path)
+            if ns is not None and (st.st_dev, st.st_ino) == ns.ns_id:
+                with contextlib.suppress(OSError):
+                    sys_.umount2(os.fsencode(path), sys_.MNT_DETACH, f"undoing {path}")
+                st = os.lstat(path)
         except OSError:
             return  # already gone
         # Someone may have removed ours and made a new one: leave theirs.
@@ -244,7 +249,6 @@ def _name_onto(name: str, run_dir: str, source: NsHandle | None) -> NsHandle | N
     _ensure_run_dir(run_dir)
     fd = _reserve(name, path, run_dir)
     made: NsHandle | None = None
-    mounted = False
     try:
         if source is None:
             # unshare(CLONE_NEWNET) on a throwaway thread; its fd is what gets
@@ -253,11 +257,12 @@ def _name_onto(name: str, run_dir: str, source: NsHandle | None) -> NsHandle | N
             made = NsHandle._adopt(sys_.new_netns(), f"name:{name}")
             source = made
         _bind(source.fileno(), fd, name, path)
-        mounted = True
     except BaseException:
-        if made is not None:
-            made.close()
-        _abandon(fd, path, mounted=mounted)
+        try:
+            _abandon(fd, path, source)
+        finally:
+            if made is not None:
+                made.close()
         raise
     os.close(fd)  # drops the flock: the name is complete
     return made
@@ -273,7 +278,10 @@ def create(name: str, *, run_dir: str | None = None) -> NsHandle:
     onto the placeholder.  On any failure nothing is left behind: no
     placeholder, no mount, and the calling thread never moved.  The run
     directory's own self-bind, once made, stays (it is set-up, as with
-    ``ip``).
+    ``ip``).  As with ``ip``, the empty placeholder is visible (an inotify
+    IN_CREATE) a moment before the namespace is mounted on it; a watcher
+    that opens it at once may get :class:`~nslib.errors.NotANamespace` and
+    should retry.
 
     :returns: a handle on the new namespace (close it; it keeps the
         namespace alive even after :func:`delete`).
