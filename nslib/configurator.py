@@ -163,6 +163,7 @@ class ConfigItem:
         self._waiting_for: str | None = "not tried yet"
         self._generation = 0
         self._attempts = 0
+        self._reported = 0
         self._applied_in: tuple[tuple[int, int], ...] | None = None
         self._removing = False
         self._retry_at: float | None = None
@@ -208,18 +209,23 @@ class ConfigItem:
 
         :raises TimeoutError: not reached within *timeout* seconds; the
             message gives the status, the error and what it waits for.
-        :raises RuntimeError: the item was removed while waiting for another status.
+        :raises RuntimeError: the item was removed while waiting for another
+            status, or its configurator was closed (nothing changes any more).
         """
 
-        def reached() -> bool:
-            if self._status is ItemStatus.REMOVED and status is not ItemStatus.REMOVED:
-                return True
+        def done() -> bool:
             return self._status is status and (generation is None or self._generation >= generation)
 
+        def hopeless() -> bool:
+            removed = self._status is ItemStatus.REMOVED and status is not ItemStatus.REMOVED
+            owner = self._owner
+            return removed or (owner is not None and owner._closed)
+
         with self._cond:
-            ok = self._cond.wait_for(reached, timeout)
-            if self._status is ItemStatus.REMOVED and status is not ItemStatus.REMOVED:
-                raise RuntimeError(f"{self!r} was removed while waiting for {status.name}")
+            ok = self._cond.wait_for(lambda: done() or hopeless(), timeout)
+            if not done() and hopeless():
+                why = "removed" if self._status is ItemStatus.REMOVED else "its configurator closed"
+                raise RuntimeError(f"{self!r} will not become {status.name}: {why}")
             if not ok:
                 want = status.name + (f" (generation >= {generation})" if generation else "")
                 detail = self._detail()
@@ -840,6 +846,8 @@ class Configurator:
             for w in workers:
                 w.stopping = True
                 w.wake.notify()
+            for it in self._items:
+                it._cond.notify_all()  # waiters: nothing will change any more
         if self._unsubscribe is not None:
             self._unsubscribe()
         self._stop.set()
@@ -891,7 +899,7 @@ class Configurator:
             worker.trigger()
             if threading.current_thread() is worker.thread:
                 return item  # declared from an on_change callback: do not wait on ourselves
-            item._cond.wait_for(lambda: item._attempts > 0, self._apply_timeout)
+            item._cond.wait_for(lambda: item._reported > 0 or self._closed, self._apply_timeout)
         return item
 
     def _open(self, ref: Target) -> NsHandle:
@@ -937,6 +945,9 @@ class Configurator:
                 self._on_change(it)
             except Exception:
                 _log.exception("on_change callback failed for %r", it)
+        with self._lock:
+            it._reported += 1  # add_*() returns once the first attempt is fully reported
+            it._cond.notify_all()
 
     def _on_event(self, ev: Any) -> None:
         # Runs on the tracker's dispatcher thread: flag work, nothing more.

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,6 +96,16 @@ def ping(ns: nslib.NsHandle, ip: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=10)
 
     return nslib.run_in(ns, go)
+
+
+def eventually(pred: Callable[[], bool], timeout: float) -> bool:
+    """Poll *pred* (for effects the kernel completes asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def declare_blue(conf: Configurator, ref: NetNamespace, n: int) -> list[ConfigItem]:
@@ -415,8 +425,11 @@ def test_close_keeps_configuration_and_threads_end(plugin, home) -> None:
     with nslib.NsHandle.new() as other:
         ref = NetNamespace.path(f"/proc/self/fd/{other.fileno()}")
         conf.add_veth("nlt-keep", "nlt-keepp", ns=ref).wait(APPLIED, timeout=5)
+        waiting = conf.add_route("10.0.0.0/24", ns=NetNamespace.named("nlt-never"), dev="lo")
         conf.close()
         conf.close()
+        with pytest.raises(RuntimeError, match="configurator closed"):
+            waiting.wait(APPLIED, timeout=5)
         assert not [t for t in threading.enumerate() if t.name.startswith("nslib-cfg")]
         assert "nlt-keep" in nl.list_links(other)
         with pytest.raises(RuntimeError, match="closed"):
@@ -478,7 +491,8 @@ def test_veth_declared_before_the_container_exists(dockerd, ms_conf, home, uniqu
         assert res.returncode == 0, res.stdout + res.stderr
         c.stop(timeout=1)
         veth.wait(PENDING, timeout=10)
-        assert "nlt-w0" not in nl.list_links(home)  # the pair died with the namespace
+        # The pair dies with the namespace; the kernel frees it asynchronously.
+        assert eventually(lambda: "nlt-w0" not in nl.list_links(home), timeout=10)
     finally:
         c.remove(force=True)
         client.close()
