@@ -9,6 +9,8 @@
  *                                  on every create, as `ip netns add` does
  *   raw_named scale RUN_DIR N      create N names, list and identify at 100
  *                                  names and at N, then delete them all
+ *                                  (create/delete: median of the first and
+ *                                  of the last 100 operations)
  *
  * create: statx + statmount probe of the run dir (the full setup only when
  * it is not yet a shared mount point of its own), placeholder with
@@ -268,9 +270,26 @@ static void time_lookups(int nsfd, const char *suffix)
 	printf("identify_%s %.9f\n", suffix, (now() - t0) / reps);
 }
 
+static int cmpdbl(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* Median of t[from .. from+99]: robust to the odd preempted operation. */
+static double median100(const double *t, long from)
+{
+	double s[100];
+
+	memcpy(s, t + from, sizeof(s));
+	qsort(s, 100, sizeof(double), cmpdbl);
+	return (s[49] + s[50]) / 2;
+}
+
 static void scale(long n)
 {
-	double *t = calloc(n, sizeof(double)), sum, t0;
+	double *t = calloc(n, sizeof(double)), t0;
 	char name[64];
 	int first = -1;
 	long i;
@@ -292,24 +311,16 @@ static void scale(long n)
 	}
 	time_lookups(first, "last");
 	close(first);
-	for (sum = 0, i = 0; i < 100; i++)
-		sum += t[i];
-	printf("create_first100 %.9f\n", sum / 100);
-	for (sum = 0, i = n - 100; i < n; i++)
-		sum += t[i];
-	printf("create_last100 %.9f\n", sum / 100);
+	printf("create_first100 %.9f\n", median100(t, 0));
+	printf("create_last100 %.9f\n", median100(t, n - 100));
 	for (i = 0; i < n; i++) {
 		snprintf(name, sizeof(name), "s%05ld", i);
 		t0 = now();
 		delete(name);
 		t[i] = now() - t0;
 	}
-	for (sum = 0, i = 0; i < 100; i++)
-		sum += t[i];
-	printf("delete_first100 %.9f\n", sum / 100);
-	for (sum = 0, i = n - 100; i < n; i++)
-		sum += t[i];
-	printf("delete_last100 %.9f\n", sum / 100);
+	printf("delete_first100 %.9f\n", median100(t, 0));
+	printf("delete_last100 %.9f\n", median100(t, n - 100));
 	free(t);
 }
 
