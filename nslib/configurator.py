@@ -296,7 +296,7 @@ class VethItem(ConfigItem):
             if self.mtu is not None:
                 peer["mtu"] = extra["mtu"] = self.mtu
             try:
-                ipr.link("add", ifname=self.name, kind="veth", peer=peer, **extra)
+                self._create(ipr, pipr, peer, extra)
             except NetlinkError as e:
                 if e.code == errno.EEXIST:
                     raise LinkExists(
@@ -328,6 +328,22 @@ class VethItem(ConfigItem):
                 nl._add_address(p, index, iface, w, exist_ok=True)
             if not msg["flags"] & nl._IFF_UP:
                 nl._set_link(p, index, w, "setting up", state="up")
+
+    def _create(self, ipr: Any, pipr: Any, peer: dict[str, Any], extra: dict[str, Any]) -> None:
+        try:
+            ipr.link("add", ifname=self.name, kind="veth", peer=peer, **extra)
+        except NetlinkError as e:
+            # Still applied elsewhere (another container took the label over
+            # without a STOPPED in between): the old pair is ours; its end in
+            # the peer namespace blocks the name.  Delete it (the other end
+            # goes with it) and try once more.
+            stale = nl._find(pipr, self.peer_name) if e.code == errno.EEXIST else None
+            if stale is None or self._applied_in is None:
+                raise
+            if pipr.link("get", index=stale)[0].get(("linkinfo", "kind")) != "veth":
+                raise
+            pipr.link("del", index=stale)
+            ipr.link("add", ifname=self.name, kind="veth", peer=peer, **extra)
 
     def _undo(self, s: _Session) -> None:
         nl._delete_link(s.ipr(self._ns), self.name, s.what(self._ns), missing_ok=True)
@@ -597,6 +613,9 @@ class _Worker:
                     ids = tuple(s.ns_id(ref) for ref in it.namespaces())
                 except _Unresolved as u:
                     conf._update(it, ItemStatus.PENDING, waiting_for=str(u))
+                    continue
+                except Exception as e:  # e.g. the plugin was closed: report, retry later
+                    failed.append((it, e))
                     continue
                 if (
                     first

@@ -533,3 +533,27 @@ def test_restart_and_crash_are_reconfigured(dockerd, ms_conf, home, unique) -> N
     finally:
         c.remove(force=True)
         client.close()
+
+
+@pytest.mark.docker
+def test_label_taken_over_by_a_newer_container(dockerd, ms_conf, home, unique) -> None:
+    ms = NetNamespace.microservice(unique)
+    veth = ms_conf.add_veth("eth1", "nlt-t0", ns=ms, addresses=["10.250.22.2/30"])
+    client = dockerd.client()
+    first = _harness().run_container(client, label=unique)
+    second = None
+    try:
+        veth.wait(APPLIED, timeout=10)
+        g = veth.generation
+        second = _harness().run_container(client, label=unique)  # newer: it wins
+        veth.wait(APPLIED, timeout=10, generation=g + 1)
+        assert "inet 10.250.22.2/30" in in_container(dockerd, second.id)
+        # The old pair was ours: it was moved over, not left behind.
+        gone = dockerd.docker_cli("exec", first.id, "ip", "link", "show", "eth1", check=False)
+        assert gone.returncode != 0
+        assert nl.list_links(home).count("nlt-t0") == 1
+    finally:
+        for c in (first, second):
+            if c is not None:
+                c.remove(force=True)
+        client.close()
