@@ -30,7 +30,9 @@ Two groups:
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import statistics
 import sys
 import threading
 import time
@@ -41,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _harness import Result, Target, main, per_op, percentile
+from _harness import Result, Target, main, percentile
 
 import nslib
 from nslib import named
@@ -58,8 +60,9 @@ def _dump(ipr: object) -> int:
 def bench_iproute(quick: bool) -> tuple[list[Result], list[Target]]:
     from pyroute2 import IPRoute
 
-    # Many small interleaved batches: drift on a shared machine hits all alike.
-    number, repeat = (10, 9) if quick else (10, 41)
+    # Alternate the implementations call by call, so drift on a shared
+    # machine hits them alike; the forking one runs every fifth round.
+    rounds = 120 if quick else 500
     name = f"nsbench-nl{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ref = nslib.NetNamespace.named(name)
 
@@ -78,15 +81,19 @@ def bench_iproute(quick: bool) -> tuple[list[Result], list[Target]]:
     def measure() -> dict[str, float]:
         with nl.iproute(ref) as a, IPRoute() as b:
             assert _dump(a) == _dump(b) == 1, "both namespaces should hold just lo"
-        t: dict[str, float] = {}
-        samples: dict[str, list[float]] = {"nslib": [], "plain": [], "pyroute2": []}
-        for _ in range(repeat):
-            samples["nslib"].append(per_op(ours, number=number, repeat=1))
-            samples["plain"].append(per_op(plain, number=number, repeat=1))
-            samples["pyroute2"].append(per_op(forked, number=3, repeat=1, warmup=0))
-        for k, v in samples.items():
-            t[k] = sorted(v)[len(v) // 2]
-        return t
+        impls = {"nslib": ours, "plain": plain, "pyroute2": forked}
+        samples: dict[str, list[float]] = {k: [] for k in impls}
+        for fn in impls.values():  # warm-up
+            fn()
+        for i in range(rounds):
+            for key, fn in impls.items():
+                if key == "pyroute2" and i % 5:
+                    continue
+                gc.collect(0)  # pyroute2 leaves cycles: collect them outside the timing
+                t0 = time.perf_counter()
+                fn()
+                samples[key].append(time.perf_counter() - t0)
+        return {k: statistics.median(v) for k, v in samples.items()}
 
     named.create(name).close()
     try:
