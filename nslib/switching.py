@@ -191,7 +191,8 @@ class entered:
         self._depth = depth
         return handle
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, typ: object, val: object, tb: object) -> None:
+        # Three named parameters, not *exc: no tuple to build on the hot path.
         depth, self._depth = self._depth, 0
         try:
             rc = _raw_leave(depth)
