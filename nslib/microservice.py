@@ -657,9 +657,11 @@ class MicroserviceTracker:
 
     def _note_error(self, message: str) -> None:
         with self._lock:
+            repeated = message == self._counters.last_error
             self._counters.last_error = message
             self._counters.last_error_time = time.time()
-        _log.warning("%s", message)
+        # A daemon that stays down would otherwise log the same line every 2 s.
+        _log.log(logging.DEBUG if repeated else logging.WARNING, "%s", message)
 
     def _api(self) -> Any:
         client = self._client
@@ -747,7 +749,9 @@ class MicroserviceTracker:
         # First subscription: "now" on the daemon's clock.  A unix socket is
         # this host's clock; a remote daemon's may differ by more than the
         # margin, so ask it.
-        if str(getattr(api, "base_url", "")).startswith(("http+docker://", "http+unix://")):
+        # docker-py names every unix socket "http+docker://localhost" (ssh
+        # and npipe get other hosts).
+        if str(getattr(api, "base_url", "")) == "http+docker://localhost":
             return time.time_ns()
         try:
             return parse_time_ns(str(api.info()["SystemTime"]))
@@ -803,6 +807,8 @@ class MicroserviceTracker:
         while True:
             if carry is not None:
                 item, carry = carry, None
+            elif resync_due is not None and time.monotonic() >= resync_due:
+                item = None  # due now, even if events keep coming
             else:
                 timeout = None if resync_due is None else max(0.0, resync_due - time.monotonic())
                 try:
