@@ -35,6 +35,14 @@ def task_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def settled_task_count(target: int) -> int:
+    """The thread count once helper threads (which exit just after handing over) are gone."""
+    deadline = time.monotonic() + 5
+    while task_count() > target and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return task_count()
+
+
 @pytest.fixture
 def named_ns(unique: str, run_dir: str) -> Iterator[tuple[str, str, nslib.NsHandle]]:
     """A named namespace in a private run dir: (name, run_dir, handle)."""
@@ -223,10 +231,7 @@ def test_concurrent_popen_from_many_threads(
     assert not errors, errors
     assert thread_ns() == home_ns
     # Every helper thread is gone.
-    deadline = time.monotonic() + 5
-    while task_count() > tasks_before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert task_count() <= tasks_before
+    assert settled_task_count(tasks_before) <= tasks_before
 
 
 def test_exit_codes_input_and_check(netns: nslib.NsHandle) -> None:
@@ -286,7 +291,7 @@ def test_errors_leave_nothing_behind(
         run(closed, ["true"])
     with pytest.raises(nslib.NotANamespace):
         run(Path("/etc/hostname"), ["true"])
-    assert task_count() <= tasks_before
+    assert settled_task_count(tasks_before) <= tasks_before
 
 
 def test_ms_reference_without_docker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
