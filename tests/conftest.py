@@ -8,6 +8,7 @@ so a CI run can never pass by skipping what it was meant to check.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -18,11 +19,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 import nslib
+from nslib import NsPlugin
+from nslib.plugin import Config
+from nslib.process import ETC_NETNS_DIR
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -71,6 +76,19 @@ def thread_ns() -> tuple[int, int]:
     """``(st_dev, st_ino)`` of the calling thread's namespace."""
     st = os.stat("/proc/thread-self/ns/net")
     return (st.st_dev, st.st_ino)
+
+
+def wait_for_exe(pid: int, suffix: str, timeout: float = 10.0) -> None:
+    """Wait until process *pid* has exec'd a binary whose path ends with *suffix*.
+
+    Gives up silently after *timeout*: the caller checks what it needs.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/exe").endswith(suffix):
+                return
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -164,6 +182,46 @@ def netns() -> Iterator[nslib.NsHandle]:
         yield h
 
 
+@pytest.fixture
+def etc_netns_dir(unique: str) -> Iterator[Path]:
+    """/etc/netns/<unique>/ (removed afterwards, even on failure).
+
+    *unique* is the test's own ``unique`` name, so a namespace named with it
+    gets these files.
+    """
+    d = Path(ETC_NETNS_DIR) / unique
+    d.mkdir(parents=True)
+    try:
+        yield d
+    finally:
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+        with contextlib.suppress(OSError):
+            Path(ETC_NETNS_DIR).rmdir()  # only if we left it empty
+
+
+def plugin_in(ns: nslib.NsHandle, config: Config | None = None, tracker: object = None) -> NsPlugin:
+    """A plugin initialized on a thread inside *ns*: its default namespace is *ns*."""
+
+    def make() -> NsPlugin:
+        p = NsPlugin(config, tracker)  # type: ignore[arg-type]
+        p.init()
+        return p
+
+    return nslib.run_in(ns, make)
+
+
+@pytest.fixture
+def plugin(netns: nslib.NsHandle, run_dir: str) -> Iterator[NsPlugin]:
+    """A plugin whose default namespace is ``netns``, with the private ``run_dir``."""
+    p = plugin_in(netns, Config(run_dir=run_dir))
+    try:
+        yield p
+    finally:
+        p.close()
+
+
 def host_netns_names() -> set[str]:
     try:
         return set(os.listdir("/run/netns"))
@@ -208,9 +266,28 @@ def dockerd() -> Iterator[object]:
     sys.path.insert(0, str(Path(__file__).parent))
     from dockerd import PrivateDockerd
 
-    d = PrivateDockerd()
-    d.start()
-    try:
+    with PrivateDockerd() as d:  # start() on entry, stop() on exit
         yield d
+
+
+@contextlib.contextmanager
+def docker_client_of(daemon: Any) -> Iterator[Any]:
+    """A client of *daemon* (a ``PrivateDockerd``).
+
+    Afterwards every test container is removed and the client is closed.
+    """
+    from dockerd import remove_test_containers
+
+    c = daemon.client()
+    try:
+        yield c
     finally:
-        d.stop()
+        remove_test_containers(c)
+        c.close()
+
+
+@pytest.fixture
+def docker_client(dockerd: Any) -> Iterator[Any]:
+    """A client of the session's private dockerd; test containers removed afterwards."""
+    with docker_client_of(dockerd) as c:
+        yield c

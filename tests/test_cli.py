@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -12,11 +11,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import wait_for_exe
 
 import nslib
-from nslib.process import ETC_NETNS_DIR
 
 pytestmark = pytest.mark.root
 
@@ -72,12 +72,7 @@ def sleeper() -> Iterator[int]:
     """A process in a namespace of its own (`unshare -n sleep`)."""
     proc = subprocess.Popen(["unshare", "-n", "sleep", "60"])
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"):
-                    break
-            time.sleep(0.01)
+        wait_for_exe(proc.pid, "sleep")
         yield proc.pid
     finally:
         proc.kill()
@@ -158,25 +153,11 @@ def test_attach_identify_pids(run_dir: str, unique: str, sleeper: int) -> None:
 # -- exec ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def etc_dir(unique: str) -> Iterator[Path]:
-    d = Path(ETC_NETNS_DIR) / unique
-    d.mkdir(parents=True)
-    try:
-        yield d
-    finally:
-        for f in d.iterdir():
-            f.unlink()
-        d.rmdir()
-        with contextlib.suppress(OSError):
-            Path(ETC_NETNS_DIR).rmdir()
-
-
-def test_exec_gets_etc_netns_and_sys(named_ns: tuple[str, str], etc_dir: Path) -> None:
+def test_exec_gets_etc_netns_and_sys(named_ns: tuple[str, str], etc_netns_dir: Path) -> None:
     name, run_dir = named_ns
     resolv = f"nameserver 192.0.2.1\nsearch {name}.example\n"
-    (etc_dir / "resolv.conf").write_text(resolv)
-    (etc_dir / f"{name}-absent.conf").write_text("x\n")
+    (etc_netns_dir / "resolv.conf").write_text(resolv)
+    (etc_netns_dir / f"{name}-absent.conf").write_text("x\n")
     veth = name[:13] + "va"
     assert (
         nslib_cmd(
@@ -197,7 +178,9 @@ def test_exec_gets_etc_netns_and_sys(named_ns: tuple[str, str], etc_dir: Path) -
     )
     assert r.returncode == 9, r.stderr
     # A file with no /etc counterpart cannot be bound: a warning, as in ip netns exec.
-    assert f"warning: bind {etc_dir}/{name}-absent.conf -> /etc/{name}-absent.conf" in r.stderr
+    assert (
+        f"warning: bind {etc_netns_dir}/{name}-absent.conf -> /etc/{name}-absent.conf" in r.stderr
+    )
     got_resolv, _, got_sys = r.stdout.partition("---\n")
     assert got_resolv == resolv
     ifaces = got_sys.split()
@@ -259,12 +242,7 @@ def test_exec_passes_signals_and_stdio(named_ns: tuple[str, str]) -> None:
     assert r.stdout == "through\n"
     proc = subprocess.Popen([NSLIB, "--run-dir", run_dir, "exec", name, "--", "sleep", "30"])
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"):
-                    break
-            time.sleep(0.01)
+        wait_for_exe(proc.pid, "sleep")
         assert os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == -signal.SIGTERM
@@ -334,11 +312,10 @@ def test_ms_without_docker_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
-def test_ms_ls_watch_and_exec(dockerd: object, unique: str) -> None:
+def test_ms_ls_watch_and_exec(dockerd: object, docker_client: Any, unique: str) -> None:
     from dockerd import run_container
 
     env = {"DOCKER_HOST": dockerd.base_url}  # type: ignore[attr-defined]
-    client = dockerd.client()  # type: ignore[attr-defined]
     watch = subprocess.Popen(
         [NSLIB, "ms", "watch", "--json"],
         stdout=subprocess.PIPE,
@@ -349,7 +326,7 @@ def test_ms_ls_watch_and_exec(dockerd: object, unique: str) -> None:
     c = None
     try:
         time.sleep(1.0)  # let the watcher sync before the container starts
-        c = run_container(client, label=unique)
+        c = run_container(docker_client, label=unique)
         c.reload()
         pid = c.attrs["State"]["Pid"]
         assert watch.stdout is not None
@@ -397,7 +374,6 @@ def test_ms_ls_watch_and_exec(dockerd: object, unique: str) -> None:
                 stream.close()
         if c is not None:
             c.remove(force=True)
-        client.close()
 
 
 # -- without privileges -------------------------------------------------------------------

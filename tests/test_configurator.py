@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import plugin_in
 
 import nslib
 from nslib import NetNamespace, NsPlugin
@@ -36,29 +37,10 @@ APPLIED, PENDING, FAILED, REMOVED = (
 BUSYBOX = shutil.which("busybox")
 
 
-def plugin_in(ns: nslib.NsHandle, config: Config | None = None, tracker: object = None) -> NsPlugin:
-    def make() -> NsPlugin:
-        p = NsPlugin(config, tracker)  # type: ignore[arg-type]
-        p.init()
-        return p
-
-    return nslib.run_in(ns, make)
-
-
 @pytest.fixture
-def home() -> Iterator[nslib.NsHandle]:
+def home(netns: nslib.NsHandle) -> nslib.NsHandle:
     """The plugin's default namespace: a test namespace, never the host's."""
-    with nslib.NsHandle.new() as h:
-        yield h
-
-
-@pytest.fixture
-def plugin(home: nslib.NsHandle, run_dir: str) -> Iterator[NsPlugin]:
-    p = plugin_in(home, Config(run_dir=run_dir))
-    try:
-        yield p
-    finally:
-        p.close()
+    return netns
 
 
 @pytest.fixture
@@ -474,14 +456,15 @@ def in_container(dockerd, cid: str) -> str:
 
 
 @pytest.mark.docker
-def test_veth_declared_before_the_container_exists(dockerd, ms_conf, home, unique) -> None:
+def test_veth_declared_before_the_container_exists(
+    dockerd, docker_client, ms_conf, home, unique
+) -> None:
     ms = NetNamespace.microservice(unique)
     veth = ms_conf.add_veth(
         "eth1", "nlt-w0", ns=ms, addresses=["10.250.20.2/30"], peer_addresses=["10.250.20.1/30"]
     )
     assert veth.status is PENDING and "not available" in (veth.waiting_for or "")
-    client = dockerd.client()
-    c = _harness().run_container(client, label=unique)  # --network none
+    c = _harness().run_container(docker_client, label=unique)  # --network none
     try:
         t0 = time.monotonic()
         veth.wait(APPLIED, timeout=5)
@@ -495,18 +478,16 @@ def test_veth_declared_before_the_container_exists(dockerd, ms_conf, home, uniqu
         assert eventually(lambda: "nlt-w0" not in nl.list_links(home), timeout=10)
     finally:
         c.remove(force=True)
-        client.close()
 
 
 @pytest.mark.docker
-def test_restart_and_crash_are_reconfigured(dockerd, ms_conf, home, unique) -> None:
+def test_restart_and_crash_are_reconfigured(dockerd, docker_client, ms_conf, home, unique) -> None:
     ms = NetNamespace.microservice(unique)
     veth = ms_conf.add_veth(
         "eth1", "nlt-r0", ns=ms, addresses=["10.250.21.2/30"], peer_addresses=["10.250.21.1/30"]
     )
     route = ms_conf.add_route("10.251.3.0/24", ns=ms, gateway="10.250.21.1")
-    client = dockerd.client()
-    c = _harness().run_container(client, label=unique, restart="always")
+    c = _harness().run_container(docker_client, label=unique, restart="always")
     try:
         veth.wait(APPLIED, timeout=10)
         route.wait(APPLIED, timeout=10)
@@ -532,20 +513,20 @@ def test_restart_and_crash_are_reconfigured(dockerd, ms_conf, home, unique) -> N
         assert c.attrs["State"]["Pid"] != pid
     finally:
         c.remove(force=True)
-        client.close()
 
 
 @pytest.mark.docker
-def test_label_taken_over_by_a_newer_container(dockerd, ms_conf, home, unique) -> None:
+def test_label_taken_over_by_a_newer_container(
+    dockerd, docker_client, ms_conf, home, unique
+) -> None:
     ms = NetNamespace.microservice(unique)
     veth = ms_conf.add_veth("eth1", "nlt-t0", ns=ms, addresses=["10.250.22.2/30"])
-    client = dockerd.client()
-    first = _harness().run_container(client, label=unique)
+    first = _harness().run_container(docker_client, label=unique)
     second = None
     try:
         veth.wait(APPLIED, timeout=10)
         g = veth.generation
-        second = _harness().run_container(client, label=unique)  # newer: it wins
+        second = _harness().run_container(docker_client, label=unique)  # newer: it wins
         veth.wait(APPLIED, timeout=10, generation=g + 1)
         assert "inet 10.250.22.2/30" in in_container(dockerd, second.id)
         # The old pair was ours: it was moved over, not left behind.
@@ -556,4 +537,3 @@ def test_label_taken_over_by_a_newer_container(dockerd, ms_conf, home, unique) -
         for c in (first, second):
             if c is not None:
                 c.remove(force=True)
-        client.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+from conftest import docker_client_of
 from dockerd import (
     MICROSERVICE_ENV,
     TEST_IMAGE,
@@ -42,22 +43,15 @@ def pd() -> Iterator[PrivateDockerd]:
         _unavailable("needs root")
     if shutil.which("dockerd", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
         _unavailable("dockerd not installed (run scripts/host-setup.sh)")
-    d = PrivateDockerd()
-    d.start()
-    try:
+    with PrivateDockerd() as d:  # start() on entry, stop() on exit
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture
 def client(pd: PrivateDockerd) -> Iterator[docker.DockerClient]:
-    c = pd.client()
-    try:
+    """A client of this module's own daemon (not the session's ``docker_client``)."""
+    with docker_client_of(pd) as c:
         yield c
-    finally:
-        remove_test_containers(c)
-        c.close()
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import thread_ns
+from conftest import thread_ns, wait_for_exe
 
 import nslib
 from nslib import named
@@ -179,14 +180,7 @@ def test_a_mount_in_another_mount_namespace(tmp_path: Path) -> None:
         ]
     )
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.01)
+        wait_for_exe(proc.pid, "sleep")
         inv = inventory(docker=False, nsid=False)
         found = [ns for ns in inv if any(m.path == str(target) for m in ns.mounts)]
         assert len(found) == 1
@@ -243,12 +237,11 @@ def test_unreachable_docker_is_reported_not_raised(
 
 @pytest.mark.docker
 def test_containers_are_attached_to_their_namespace(
-    dockerd: object, monkeypatch: pytest.MonkeyPatch, unique: str
+    dockerd: object, docker_client: Any, monkeypatch: pytest.MonkeyPatch, unique: str
 ) -> None:
     from dockerd import run_container
 
-    client = dockerd.client()  # type: ignore[attr-defined]
-    c = run_container(client, label=unique)
+    c = run_container(docker_client, label=unique)
     try:
         c.reload()
         pid = c.attrs["State"]["Pid"]
@@ -266,4 +259,3 @@ def test_containers_are_attached_to_their_namespace(
         no_duplicates(inv)
     finally:
         c.remove(force=True)
-        client.close()

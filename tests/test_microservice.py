@@ -13,6 +13,7 @@ here too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -265,6 +266,17 @@ def start_tracker(dockerd: Any, **kwargs: Any) -> tuple[Tracked, Any]:
     return Tracked(t, log), client
 
 
+@contextlib.contextmanager
+def tracking(dockerd: Any, **kwargs: Any) -> Iterator[Tracked]:
+    """``start_tracker``, with the tracker stopped and its client closed afterwards."""
+    tr, client = start_tracker(dockerd, **kwargs)
+    try:
+        yield tr
+    finally:
+        tr.tracker.stop()
+        client.close()
+
+
 def pmap(fn: Callable[[Any], T], items: Iterable[Any], workers: int = 4) -> list[T]:
     with ThreadPoolExecutor(workers) as ex:
         return list(ex.map(fn, items))
@@ -495,27 +507,12 @@ def test_table_properties(steps: list[tuple[bool, dict[str, Inst | None]]]) -> N
 
 
 @pytest.fixture
-def client(dockerd: Any) -> Iterator[Any]:
-    from dockerd import remove_test_containers
-
-    c = dockerd.client()
-    try:
-        yield c
-    finally:
-        remove_test_containers(c)
-        c.close()
-
-
-@pytest.fixture
-def tracked(dockerd: Any, client: Any) -> Iterator[Tracked]:
-    tr, tclient = start_tracker(dockerd)
-    try:
+def tracked(dockerd: Any, docker_client: Any) -> Iterator[Tracked]:
+    with tracking(dockerd) as tr:
         yield tr
-    finally:
-        tr.tracker.stop()
-        tclient.close()
-        assert not tr.log.threads - {"nslib-ms-dispatch"}, tr.log.threads
-        tr.log.check()
+    # Fixture teardown runs whether or not the test passed.
+    assert not tr.log.threads - {"nslib-ms-dispatch"}, tr.log.threads
+    tr.log.check()
 
 
 def run(client: Any, label: str | None, **kw: Any) -> Any:
@@ -526,10 +523,9 @@ def run(client: Any, label: str | None, **kw: Any) -> Any:
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_before_and_after(dockerd: Any, client: Any, unique: str) -> None:
-    before = run(client, f"{unique}-a")
-    tr, tclient = start_tracker(dockerd)
-    try:
+def test_before_and_after(dockerd: Any, docker_client: Any, unique: str) -> None:
+    before = run(docker_client, f"{unique}-a")
+    with tracking(dockerd) as tr:
         t, log = tr.tracker, tr.log
         # Known from the initial sync, without any event.
         ms_a = t.get(f"{unique}-a", timeout=0)
@@ -537,15 +533,15 @@ def test_before_and_after(dockerd: Any, client: Any, unique: str) -> None:
         assert ms_a.name == before.name and ms_a.network_mode == "none"
         log.wait_kinds(f"{unique}-a", ["STARTED"])
         assert log.last(f"{unique}-a").daemon_time_ns is None  # found by the resync
-        after = run(client, f"{unique}-b")
+        after = run(docker_client, f"{unique}-b")
         log.wait_kinds(f"{unique}-b", ["STARTED"])
         ev = next(e for e in log.snapshot() if e.label == f"{unique}-b")
         assert ev.microservice.container_id == after.id
         assert ev.daemon_time_ns is not None and ev.daemon_time_ns <= time.time_ns()
-        wait_match(t, client)
+        wait_match(t, docker_client)
         for label, c in ((f"{unique}-a", before), (f"{unique}-b", after)):
             ms = t.snapshot()[label]
-            pid = running_pid(client, c.id)
+            pid = running_pid(docker_client, c.id)
             assert ms.pid == pid
             assert ms.created.year >= 2024 and ms.started_at >= ms.created
             with ms.open_namespace() as h:
@@ -562,32 +558,29 @@ def test_before_and_after(dockerd: Any, client: Any, unique: str) -> None:
         assert h.last_event_time is not None and abs(h.last_event_time - time.time()) < 60
         assert "labels" in repr(t)
         log.wait_replay(t)
-    finally:
-        tr.tracker.stop()
-        tclient.close()
     tr.log.check()
 
 
 @pytest.mark.docker
 @pytest.mark.root
 @pytest.mark.parametrize("how", ["stop", "kill", "exit", "rm"])
-def test_termination(tracked: Tracked, client: Any, unique: str, how: str) -> None:
+def test_termination(tracked: Tracked, docker_client: Any, unique: str, how: str) -> None:
     """Every way a container ends is a STOPPED (only `stop` sends a stop event)."""
     t, log = tracked.tracker, tracked.log
     cmd = "sh -c 'sleep 0.5'" if how == "exit" else None
-    c = run(client, unique, command=cmd)
+    c = run(docker_client, unique, command=cmd)
     log.wait_kinds(unique, ["STARTED"])
     ms = log.last(unique).microservice
     if how == "stop":
-        client.api.stop(c.id, timeout=0)
+        docker_client.api.stop(c.id, timeout=0)
     elif how == "kill":
-        client.api.kill(c.id)
+        docker_client.api.kill(c.id)
     elif how == "rm":
-        client.api.remove_container(c.id, force=True)
+        docker_client.api.remove_container(c.id, force=True)
     log.wait_kinds(unique, ["STARTED", "STOPPED"])
     assert log.of(unique)[1] == ("STOPPED", c.id, ms.pid)
     assert unique not in t.snapshot()
-    wait_match(t, client)
+    wait_match(t, docker_client)
     with pytest.raises(nslib.UnavailableMicroserviceError, match="exited"):
         ms.open_namespace().close()
     time.sleep(0.3)  # nothing trails in late
@@ -596,13 +589,13 @@ def test_termination(tracked: Tracked, client: Any, unique: str, how: str) -> No
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_docker_restart_and_stop_start(tracked: Tracked, client: Any, unique: str) -> None:
+def test_docker_restart_and_stop_start(tracked: Tracked, docker_client: Any, unique: str) -> None:
     """A die then a start of the same container is STOPPED, then RESTARTED."""
     t, log = tracked.tracker, tracked.log
-    c = run(client, unique)
+    c = run(docker_client, unique)
     log.wait_kinds(unique, ["STARTED"])
     old = t.snapshot()[unique]
-    client.api.restart(c.id, timeout=0)
+    docker_client.api.restart(c.id, timeout=0)
     log.wait_kinds(unique, ["STARTED", "STOPPED", "RESTARTED"])
     new = t.snapshot()[unique]
     assert new.container_id == old.container_id and new.pid != old.pid
@@ -612,22 +605,22 @@ def test_docker_restart_and_stop_start(tracked: Tracked, client: Any, unique: st
         old.open_namespace().close()
     with new.open_namespace() as h:
         assert h.ns_id == ns_of_pid(new.pid)
-    client.api.stop(c.id, timeout=0)
+    docker_client.api.stop(c.id, timeout=0)
     log.wait_kinds(unique, ["STARTED", "STOPPED", "RESTARTED", "STOPPED"])
-    client.api.start(c.id)
+    docker_client.api.start(c.id)
     log.wait_kinds(unique, ["STARTED", "STOPPED", "RESTARTED", "STOPPED", "RESTARTED"])
     ids = {cid for _, cid, _ in log.of(unique)}
     assert ids == {c.id}
-    wait_match(t, client)
+    wait_match(t, docker_client)
     log.wait_replay(t)
 
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_restart_policy_crash_loop(tracked: Tracked, client: Any, unique: str) -> None:
+def test_restart_policy_crash_loop(tracked: Tracked, docker_client: Any, unique: str) -> None:
     """SIGKILL from the host (docker kill would not trigger the policy)."""
     t, log = tracked.tracker, tracked.log
-    c = run(client, unique, restart="always")
+    c = run(docker_client, unique, restart="always")
     log.wait_kinds(unique, ["STARTED"])
     pids = [t.snapshot()[unique].pid]
     expected = ["STARTED"]
@@ -639,131 +632,123 @@ def test_restart_policy_crash_loop(tracked: Tracked, client: Any, unique: str) -
     assert len(set(pids)) == 4
     assert [pid for k, _, pid in log.of(unique) if k != "STOPPED"] == pids
     assert {cid for _, cid, _ in log.of(unique)} == {c.id}
-    wait_match(t, client)
+    wait_match(t, docker_client)
 
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_self_crashing_on_failure(tracked: Tracked, client: Any, unique: str) -> None:
+def test_self_crashing_on_failure(tracked: Tracked, docker_client: Any, unique: str) -> None:
     """A process that exits 3 under on-failure:2 runs three times, then stays down."""
     t, log = tracked.tracker, tracked.log
-    run(client, unique, restart="on-failure:2", command="sh -c 'sleep 0.4; exit 3'")
+    run(docker_client, unique, restart="on-failure:2", command="sh -c 'sleep 0.4; exit 3'")
     log.wait_kinds(
         unique, ["STARTED", "STOPPED", "RESTARTED", "STOPPED", "RESTARTED", "STOPPED"], 20
     )
     assert len({pid for _, _, pid in log.of(unique)}) == 3
-    wait_match(t, client)
+    wait_match(t, docker_client)
 
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_pause_is_not_termination(dockerd: Any, tracked: Tracked, client: Any, unique: str) -> None:
+def test_pause_is_not_termination(
+    dockerd: Any, tracked: Tracked, docker_client: Any, unique: str
+) -> None:
     t, log = tracked.tracker, tracked.log
-    c = run(client, unique)
+    c = run(docker_client, unique)
     log.wait_kinds(unique, ["STARTED"])
     ms = t.snapshot()[unique]
-    client.api.pause(c.id)
+    docker_client.api.pause(c.id)
     try:
-        assert client.api.inspect_container(c.id)["State"]["Paused"]
-        wait_match(t, client)
+        assert docker_client.api.inspect_container(c.id)["State"]["Paused"]
+        wait_match(t, docker_client)
         assert t.snapshot()[unique] == ms
         with ms.open_namespace() as h:  # a paused container's namespace is usable
             assert h.ns_id == ns_of_pid(ms.pid)
     finally:
-        client.api.unpause(c.id)
-    wait_match(t, client)
+        docker_client.api.unpause(c.id)
+    wait_match(t, docker_client)
     time.sleep(0.3)
     assert log.kinds(unique) == ["STARTED"]
     # A tracker started while it is paused sees it too.
-    client.api.pause(c.id)
+    docker_client.api.pause(c.id)
     try:
-        tr2, c2 = start_tracker(dockerd)
-        try:
+        with tracking(dockerd) as tr2:
             assert tr2.tracker.snapshot()[unique] == ms
-        finally:
-            tr2.tracker.stop()
-            c2.close()
     finally:
-        client.api.unpause(c.id)
+        docker_client.api.unpause(c.id)
 
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_duplicate_labels(tracked: Tracked, client: Any, unique: str) -> None:
+def test_duplicate_labels(tracked: Tracked, docker_client: Any, unique: str) -> None:
     """Newest Created wins with a CONFLICT; when it dies the other takes over."""
     t, log = tracked.tracker, tracked.log
-    a = run(client, unique)
+    a = run(docker_client, unique)
     log.wait_kinds(unique, ["STARTED"])
-    b = run(client, unique)
+    b = run(docker_client, unique)
     log.wait_kinds(unique, ["STARTED", "STARTED", "CONFLICT"])
     conflict = log.last(unique)
     assert conflict.microservice.container_id == b.id
     assert [m.container_id for m in conflict.claimants] == [b.id, a.id]
     assert [m.container_id for m in t.claimants(unique)] == [b.id, a.id]
-    claims = truth_claims(client)[unique]
+    claims = truth_claims(docker_client)[unique]
     assert [cid for _, cid, _ in claims] == [b.id, a.id]
-    wait_match(t, client)
+    wait_match(t, docker_client)
     # Restarting the older one changes nothing about the winner.
-    client.api.restart(a.id, timeout=0)
-    wait_until(lambda: t.claimants(unique)[-1].pid == running_pid(client, a.id), 10, "a back")
+    docker_client.api.restart(a.id, timeout=0)
+    wait_until(
+        lambda: t.claimants(unique)[-1].pid == running_pid(docker_client, a.id), 10, "a back"
+    )
     assert t.snapshot()[unique].container_id == b.id
     # The winner dies: failover to a (STARTED, not STOPPED).
     n = len(log.of(unique))
-    client.api.kill(b.id)
+    docker_client.api.kill(b.id)
     wait_until(lambda: log.kinds(unique)[n:] == ["STARTED"], 10, "failover")
-    assert log.of(unique)[-1] == ("STARTED", a.id, running_pid(client, a.id))
-    wait_match(t, client)
-    client.api.kill(a.id)
+    assert log.of(unique)[-1] == ("STARTED", a.id, running_pid(docker_client, a.id))
+    wait_match(t, docker_client)
+    docker_client.api.kill(a.id)
     wait_until(lambda: log.kinds(unique)[-1:] == ["STOPPED"], 10, "stopped")
-    wait_match(t, client)
+    wait_match(t, docker_client)
     log.wait_replay(t)
 
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_fifty_containers_at_once(dockerd: Any, client: Any, unique: str) -> None:
+def test_fifty_containers_at_once(dockerd: Any, docker_client: Any, unique: str) -> None:
     from dockerd import unique_name
 
-    tr, tclient = start_tracker(dockerd)
-    try:
+    with tracking(dockerd) as tr:
         t, log = tr.tracker, tr.log
         labels = [f"{unique}-{i}" for i in range(50)]
-        containers = pmap(lambda lb: run(client, lb, name=unique_name("fifty")), labels)
-        want = wait_match(t, client, 60)
+        containers = pmap(lambda lb: run(docker_client, lb, name=unique_name("fifty")), labels)
+        want = wait_match(t, docker_client, 60)
         assert all(want[lb][0] == c.id for lb, c in zip(labels, containers, strict=True))
         wait_until(lambda: all(log.kinds(lb) == ["STARTED"] for lb in labels), 20, "50 STARTED")
         # A second tracker's initial sync sees all fifty.
-        tr2, c2 = start_tracker(dockerd)
-        try:
+        with tracking(dockerd) as tr2:
             assert project(tr2.tracker.snapshot()) == want
             # Callbacks follow the state (dispatcher thread): wait for all fifty.
             wait_until(
                 lambda: sorted(e.label for e in tr2.log.snapshot()) == sorted(want), 10, "replay"
             )
-        finally:
-            tr2.tracker.stop()
-            c2.close()
-        pmap(lambda c: client.api.remove_container(c.id, force=True), containers)
+        pmap(lambda c: docker_client.api.remove_container(c.id, force=True), containers)
         wait_until(
             lambda: all(log.kinds(lb) == ["STARTED", "STOPPED"] for lb in labels), 30, "STOPPED"
         )
-        wait_match(t, client)
+        wait_match(t, docker_client)
         log.wait_replay(t)
-    finally:
-        tr.tracker.stop()
-        tclient.close()
     tr.log.check()
 
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_network_modes(tracked: Tracked, client: Any, unique: str) -> None:
+def test_network_modes(tracked: Tracked, docker_client: Any, unique: str) -> None:
     """host: refused unless allow_shared; container:X: X's namespace, flagged shared."""
     t = tracked.tracker
-    x = run(client, f"{unique}-x")
-    host = run(client, f"{unique}-host", network="host")
-    shared = run(client, f"{unique}-shared", network=f"container:{x.id}")
-    wait_match(t, client)
+    x = run(docker_client, f"{unique}-x")
+    host = run(docker_client, f"{unique}-host", network="host")
+    shared = run(docker_client, f"{unique}-shared", network=f"container:{x.id}")
+    wait_match(t, docker_client)
     snap = t.snapshot()
     ms_host, ms_shared, ms_x = snap[f"{unique}-host"], snap[f"{unique}-shared"], snap[f"{unique}-x"]
     assert ms_host.network_mode == "host" and ms_host.shares_network
@@ -778,7 +763,7 @@ def test_network_modes(tracked: Tracked, client: Any, unique: str) -> None:
     with ms_shared.open_namespace() as h1, ms_x.open_namespace() as h2:
         assert h1.same_namespace(h2) and h1.ns_id != HOST_NS
     # container:X where X is on the host network: the last guard refuses.
-    on_host = run(client, f"{unique}-onhost", network=f"container:{host.id}")
+    on_host = run(docker_client, f"{unique}-onhost", network=f"container:{host.id}")
     ms_on_host = wait_until(lambda: t.snapshot().get(f"{unique}-onhost"), 10, "onhost")
     assert ms_on_host.container_id == on_host.id
     with pytest.raises(nslib.UnavailableMicroserviceError, match="this process's own"):
@@ -790,11 +775,11 @@ def test_network_modes(tracked: Tracked, client: Any, unique: str) -> None:
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_open_namespace_refuses_reused_pid(client: Any, unique: str) -> None:
+def test_open_namespace_refuses_reused_pid(docker_client: Any, unique: str) -> None:
     """A stale PID now used by a host process must never yield the host's namespace."""
     fds = open_fds()
-    c = run(client, unique)
-    ms = microservice_of(client, c.id, unique)
+    c = run(docker_client, unique)
+    ms = microservice_of(docker_client, c.id, unique)
     with ms.open_namespace() as h:
         assert h.ns_id == ns_of_pid(ms.pid) != HOST_NS
     # 1. Constructed: the container's ID with a host process's PID.
@@ -815,19 +800,19 @@ def test_open_namespace_refuses_reused_pid(client: Any, unique: str) -> None:
         sleeper.kill()
         sleeper.wait()
     # 2. Another container's process: refused too (its cgroup names the other one).
-    other = run(client, f"{unique}-o")
+    other = run(docker_client, f"{unique}-o")
     wrong = Microservice(
         label=unique,
         container_id=ms.container_id,
         name="x",
-        pid=running_pid(client, other.id),
+        pid=running_pid(docker_client, other.id),
         created_ns=0,
         started_at_ns=0,
     )
     with pytest.raises(nslib.UnavailableMicroserviceError, match="cgroup"):
         wrong.open_namespace()
     # 3. Forced reuse: kill the container, make the kernel hand its PID to a host sleep.
-    client.api.kill(c.id)
+    docker_client.api.kill(c.id)
     wait_until(lambda: not os.path.exists(f"/proc/{ms.pid}"), 5, "container gone")
     with pytest.raises(nslib.UnavailableMicroserviceError, match="exited"):
         ms.open_namespace()
@@ -861,13 +846,13 @@ def _is_socket(fd: int) -> bool:
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_wait_for_sync_and_async(tracked: Tracked, client: Any, unique: str) -> None:
+def test_wait_for_sync_and_async(tracked: Tracked, docker_client: Any, unique: str) -> None:
     t = tracked.tracker
     got: list[Microservice] = []
     waiter = threading.Thread(target=lambda: got.append(t.wait_for(f"{unique}-s", 15)))
     waiter.start()
     time.sleep(0.1)
-    c = run(client, f"{unique}-s")
+    c = run(docker_client, f"{unique}-s")
     waiter.join(15)
     assert got and got[0].container_id == c.id
     t0 = time.monotonic()
@@ -878,7 +863,7 @@ def test_wait_for_sync_and_async(tracked: Tracked, client: Any, unique: str) -> 
     async def main() -> None:
         task = asyncio.create_task(t.wait_for_async(f"{unique}-a", 15))
         await asyncio.sleep(0.1)
-        c2 = await asyncio.to_thread(run, client, f"{unique}-a")
+        c2 = await asyncio.to_thread(run, docker_client, f"{unique}-a")
         ms = await task
         assert ms.container_id == c2.id
         # Already there: returns at once.
@@ -899,10 +884,10 @@ def test_wait_for_sync_and_async(tracked: Tracked, client: Any, unique: str) -> 
 @pytest.mark.docker
 @pytest.mark.root
 def test_callbacks_slow_raising_replay_unsubscribe(
-    tracked: Tracked, client: Any, unique: str, caplog: pytest.LogCaptureFixture
+    tracked: Tracked, docker_client: Any, unique: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     t, log = tracked.tracker, tracked.log
-    first = run(client, f"{unique}-1")
+    first = run(docker_client, f"{unique}-1")
     log.wait_kinds(f"{unique}-1", ["STARTED"])
 
     def boom(ev: MicroserviceEvent) -> None:
@@ -919,10 +904,10 @@ def test_callbacks_slow_raising_replay_unsubscribe(
     unsub_slow = t.subscribe(slow)
     replayed = EventLog()
     t.subscribe(replayed, replay=True)
-    second = run(client, f"{unique}-2")
+    second = run(docker_client, f"{unique}-2")
     wait_until(lambda: slow_seen, 5, "the slow callback to block")
     # The dispatcher is stuck in `slow`; the state still follows docker.
-    client.api.kill(second.id)
+    docker_client.api.kill(second.id)
     wait_until(lambda: f"{unique}-2" not in t.snapshot(), 5, "state to move on")
     assert log.kinds(f"{unique}-2") == ["STARTED"]  # its STOPPED waits behind `slow`
     gate.set()
@@ -937,7 +922,7 @@ def test_callbacks_slow_raising_replay_unsubscribe(
     unsub_slow()
     unsub_slow()  # idempotent
     n, errors = len(slow_seen), t.health().callback_errors
-    run(client, f"{unique}-3")
+    run(docker_client, f"{unique}-3")
     log.wait_kinds(f"{unique}-3", ["STARTED"])
     wait_until(lambda: replayed.kinds(f"{unique}-3") == ["STARTED"], 5, "third")
     assert len(slow_seen) == n and t.health().callback_errors == errors
@@ -947,9 +932,10 @@ def test_callbacks_slow_raising_replay_unsubscribe(
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_stop_is_prompt_idempotent_and_callable_from_callback(dockerd: Any, unique: str) -> None:
-    tr, tclient = start_tracker(dockerd)
-    try:
+def test_stop_is_prompt_idempotent_and_callable_from_callback(
+    dockerd: Any, docker_client: Any, unique: str
+) -> None:
+    with tracking(dockerd) as tr:
         t0 = time.monotonic()
         tr.tracker.stop()
         assert time.monotonic() - t0 < 0.5
@@ -961,12 +947,8 @@ def test_stop_is_prompt_idempotent_and_callable_from_callback(dockerd: Any, uniq
             tr.tracker.start()
         with pytest.raises(nslib.UnavailableMicroserviceError, match="stopped"):
             tr.tracker.wait_for(unique, 5)
-    finally:
-        tr.tracker.stop()
-        tclient.close()
     # stop() from inside a callback does not deadlock.
-    tr, tclient = start_tracker(dockerd)
-    try:
+    with tracking(dockerd) as tr:
         done = threading.Event()
 
         def stopper(ev: MicroserviceEvent) -> None:
@@ -974,46 +956,32 @@ def test_stop_is_prompt_idempotent_and_callable_from_callback(dockerd: Any, uniq
             done.set()
 
         tr.tracker.subscribe(stopper)
-        client = dockerd.client()
-        try:
-            run(client, unique)
-            assert done.wait(10)
-        finally:
-            from dockerd import remove_test_containers
-
-            remove_test_containers(client)
-            client.close()
+        run(docker_client, unique)
+        assert done.wait(10)
         wait_until(
             lambda: not [th for th in threading.enumerate() if th.name.startswith("nslib-ms")],
             3,
             "threads gone",
         )
-    finally:
-        tr.tracker.stop()
-        tclient.close()
 
 
 @pytest.mark.docker
 @pytest.mark.root
-def test_label_key_mode(dockerd: Any, client: Any, unique: str) -> None:
+def test_label_key_mode(dockerd: Any, docker_client: Any, unique: str) -> None:
     key = "org.nslib.test.ms"
-    tr, tclient = start_tracker(dockerd, label_env=None, label_key=key)
-    try:
+    with tracking(dockerd, label_env=None, label_key=key) as tr:
         t, log = tr.tracker, tr.log
-        by_label = run(client, None, labels={key: f"{unique}-l"})
-        run(client, f"{unique}-env")  # env only: not a microservice in this mode
+        by_label = run(docker_client, None, labels={key: f"{unique}-l"})
+        run(docker_client, f"{unique}-env")  # env only: not a microservice in this mode
         log.wait_kinds(f"{unique}-l", ["STARTED"])
         assert t.snapshot()[f"{unique}-l"].container_id == by_label.id
         assert f"{unique}-env" not in t.snapshot()
-        wait_match(t, client, label_env=None, label_key=key)
-        client.api.kill(by_label.id)
+        wait_match(t, docker_client, label_env=None, label_key=key)
+        docker_client.api.kill(by_label.id)
         log.wait_kinds(f"{unique}-l", ["STARTED", "STOPPED"])
-        wait_match(t, client, label_env=None, label_key=key)
-    finally:
-        tr.tracker.stop()
-        tclient.close()
+        wait_match(t, docker_client, label_env=None, label_key=key)
     with pytest.raises(ValueError):
-        MicroserviceTracker(client, label_env=None, label_key=None)
+        MicroserviceTracker(docker_client, label_env=None, label_key=None)
 
 
 def test_not_started_and_bad_arguments() -> None:

@@ -22,7 +22,10 @@ import pytest
 from test_microservice import (
     Tracked,
     project,
+    run,
+    running_pid,
     start_tracker,
+    tracking,
     truth,
     wait_match,
     wait_until,
@@ -35,35 +38,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.root]
 
 
 @pytest.fixture
-def client(dockerd: Any) -> Iterator[Any]:
-    from dockerd import remove_test_containers
-
-    c = dockerd.client()
-    try:
-        yield c
-    finally:
-        remove_test_containers(c)
-        c.close()
-
-
-@pytest.fixture
-def tracked(dockerd: Any, client: Any) -> Iterator[Tracked]:
-    tr, tclient = start_tracker(dockerd)
-    try:
+def tracked(dockerd: Any, docker_client: Any) -> Iterator[Tracked]:
+    with tracking(dockerd) as tr:
         yield tr
-    finally:
-        tr.tracker.stop()
-        tclient.close()
-
-
-def run(client: Any, label: str | None, **kw: Any) -> Any:
-    from dockerd import run_container
-
-    return run_container(client, label=label, **kw)
-
-
-def pid_of(client: Any, cid: str) -> int:
-    return int(client.api.inspect_container(cid)["State"]["Pid"])
 
 
 def settle(client: Any, timeout: float = 30.0) -> None:
@@ -94,15 +71,15 @@ def assert_consistent(tr: Tracked, client: Any) -> dict[str, tuple[str, int]]:
 
 @pytest.mark.parametrize("crash", [False, True], ids=["clean", "crash"])
 def test_daemon_restart_while_containers_churn(
-    dockerd: Any, tracked: Tracked, client: Any, unique: str, crash: bool
+    dockerd: Any, tracked: Tracked, docker_client: Any, unique: str, crash: bool
 ) -> None:
     """Restart dockerd while containers start and stop; policy containers come back."""
     t, log = tracked.tracker, tracked.log
-    always = [run(client, f"{unique}-p{i}", restart="always") for i in range(2)]
-    plain = run(client, f"{unique}-n")
+    always = [run(docker_client, f"{unique}-p{i}", restart="always") for i in range(2)]
+    plain = run(docker_client, f"{unique}-n")
     labels = [f"{unique}-p0", f"{unique}-p1", f"{unique}-n"]
     wait_until(lambda: set(labels) <= set(t.snapshot()), 10, "all three tracked")
-    old_pids = {c.id: pid_of(client, c.id) for c in always}
+    old_pids = {c.id: running_pid(docker_client, c.id) for c in always}
 
     stop = threading.Event()
     churned = []
@@ -112,10 +89,10 @@ def test_daemon_restart_while_containers_churn(
         while not stop.is_set():
             i += 1
             try:
-                c = run(client, f"{unique}-c{i % 3}")
+                c = run(docker_client, f"{unique}-c{i % 3}")
                 churned.append(c.id)
                 time.sleep(0.05)
-                client.api.remove_container(c.id, force=True)
+                docker_client.api.remove_container(c.id, force=True)
             except Exception:
                 time.sleep(0.05)
 
@@ -129,12 +106,12 @@ def test_daemon_restart_while_containers_churn(
         stop.set()
         th.join(30)
     assert churned, "the churn never ran"
-    settle(client)
-    want = assert_consistent(tracked, client)
+    settle(docker_client)
+    want = assert_consistent(tracked, docker_client)
     assert t.health().reconnects >= 1
     for i, c in enumerate(always):
         label = f"{unique}-p{i}"
-        new_pid = pid_of(client, c.id)
+        new_pid = running_pid(docker_client, c.id)
         assert new_pid != old_pids[c.id]
         assert want[label] == (c.id, new_pid)
         # Exactly: started, stopped with the old daemon, restarted by the new one.
@@ -157,7 +134,7 @@ def _ns(pid: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("overflow", [False, True], ids=["replay", "ring-overflow"])
 def test_forced_reconnect_with_missed_events(
-    tracked: Tracked, client: Any, unique: str, overflow: bool
+    tracked: Tracked, docker_client: Any, unique: str, overflow: bool
 ) -> None:
     """Break the stream, change things while nobody listens, reconnect.
 
@@ -166,9 +143,9 @@ def test_forced_reconnect_with_missed_events(
     so only the resync after reconnecting can repair the map.
     """
     t, log = tracked.tracker, tracked.log
-    a = run(client, f"{unique}-a")
-    c = run(client, f"{unique}-c")
-    scratch = run(client, None) if overflow else None
+    a = run(docker_client, f"{unique}-a")
+    c = run(docker_client, f"{unique}-c")
+    scratch = run(docker_client, None) if overflow else None
     wait_until(lambda: {f"{unique}-a", f"{unique}-c"} <= set(t.snapshot()), 10, "a and c")
     old_c = t.snapshot()[f"{unique}-c"]
     gate = threading.Event()
@@ -176,16 +153,16 @@ def test_forced_reconnect_with_missed_events(
     wait_until(lambda: not t.health().connected, 5, "disconnect")
     assert not t.in_sync
     broke_ns = time.time_ns()
-    client.api.kill(a.id)
-    b = run(client, f"{unique}-b")
-    client.api.restart(c.id, timeout=0)
+    docker_client.api.kill(a.id)
+    b = run(docker_client, f"{unique}-b")
+    docker_client.api.restart(c.id, timeout=0)
     if scratch is not None:
         for i in range(300):  # one event each: more than the daemon's 256-event ring
-            client.api.rename(scratch.id, f"{scratch.name}-r{i}")
+            docker_client.api.rename(scratch.id, f"{scratch.name}-r{i}")
         # The daemon really forgot: a replay from the break no longer has a's die.
         now = time.time_ns()
         replayed = list(
-            client.api.events(
+            docker_client.api.events(
                 since=f"{broke_ns // 10**9}.{broke_ns % 10**9:09d}",
                 until=f"{now // 10**9}.{now % 10**9:09d}",
                 filters={"type": "container", "event": ["die", "start"]},
@@ -200,17 +177,17 @@ def test_forced_reconnect_with_missed_events(
     assert snap[f"{unique}-c"] == old_c
     gate.set()
     assert t.wait_in_sync(10), t.health()
-    want = assert_consistent(tracked, client)
+    want = assert_consistent(tracked, docker_client)
     assert t.health().reconnects == 1
     if not overflow:  # `since` went back a margin: what was seen before came again
         assert t.health().duplicates_dropped >= 1
     assert log.kinds(f"{unique}-a") == ["STARTED", "STOPPED"]
-    assert log.of(f"{unique}-b") == [("STARTED", b.id, pid_of(client, b.id))]
+    assert log.of(f"{unique}-b") == [("STARTED", b.id, running_pid(docker_client, b.id))]
     assert log.kinds(f"{unique}-c") == ["STARTED", "STOPPED", "RESTARTED"]
-    assert want[f"{unique}-c"] == (c.id, pid_of(client, c.id)) != (c.id, old_c.pid)
+    assert want[f"{unique}-c"] == (c.id, running_pid(docker_client, c.id)) != (c.id, old_c.pid)
 
 
-def test_events_during_initial_sync(dockerd: Any, client: Any, unique: str) -> None:
+def test_events_during_initial_sync(dockerd: Any, docker_client: Any, unique: str) -> None:
     """Containers start and die while the tracker subscribes and syncs: nothing lost,
     nothing reported twice (a start seen by both the list and the stream is one STARTED).
     """
@@ -221,10 +198,10 @@ def test_events_during_initial_sync(dockerd: Any, client: Any, unique: str) -> N
         i = 0
         while not stop.is_set() or i < 4:  # at least 4 each, however slow the machine
             i += 1
-            c = run(client, f"{unique}-{k}-{i}")
+            c = run(docker_client, f"{unique}-{k}-{i}")
             made.append(c)
             if i % 2:
-                client.api.kill(c.id)
+                docker_client.api.kill(c.id)
 
     threads = [threading.Thread(target=churn, args=(k,)) for k in range(3)]
     for th in threads:
@@ -238,7 +215,7 @@ def test_events_during_initial_sync(dockerd: Any, client: Any, unique: str) -> N
         for th in threads:
             th.join(30)
     try:
-        want = assert_consistent(tr, client)
+        want = assert_consistent(tr, docker_client)
         ours = [lb for lb in want if lb.startswith(unique)]
         assert len(ours) >= 6 and len(made) >= 12, (ours, len(made))
         for label in ours:  # still running: exactly one STARTED, whoever saw it first
@@ -251,16 +228,12 @@ def test_events_during_initial_sync(dockerd: Any, client: Any, unique: str) -> N
         tclient.close()
 
 
-def test_periodic_resync_is_silent(dockerd: Any, client: Any, unique: str) -> None:
-    run(client, unique)
-    tr, tclient = start_tracker(dockerd, resync_interval=0.2)
-    try:
+def test_periodic_resync_is_silent(dockerd: Any, docker_client: Any, unique: str) -> None:
+    run(docker_client, unique)
+    with tracking(dockerd, resync_interval=0.2) as tr:
         wait_until(lambda: tr.tracker.health().resyncs >= 4, 10, "periodic resyncs")
-        assert_consistent(tr, client)
+        assert_consistent(tr, docker_client)
         assert tr.log.kinds(unique) == ["STARTED"]
-    finally:
-        tr.tracker.stop()
-        tclient.close()
 
 
 def _no_docker_env(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
@@ -270,14 +243,14 @@ def _no_docker_env(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
 
 
 def test_missing_daemon_at_start(
-    dockerd: Any, client: Any, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dockerd: Any, docker_client: Any, unique: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No daemon: start() is fine, health() says why, lookups time out promptly;
     when the socket appears the tracker connects and syncs by itself.
     """
     sock = tmp_path / "docker.sock"
     _no_docker_env(monkeypatch, f"unix://{sock}")
-    c = run(client, unique)
+    c = run(docker_client, unique)
     t = MicroserviceTracker()  # from DOCKER_HOST, built lazily
     t0 = time.monotonic()
     t.start()
@@ -298,7 +271,7 @@ def test_missing_daemon_at_start(
         assert t.wait_in_sync(10), t.health()
         ms = t.get(unique, timeout=0)
         assert ms is not None and ms.container_id == c.id
-        wait_match(t, client)
+        wait_match(t, docker_client)
     finally:
         t0 = time.monotonic()
         t.stop()
@@ -337,7 +310,7 @@ _SEEDS = [int(s) for s in os.environ.get("NSLIB_CHURN_SEEDS", "7").split(",")]
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", _SEEDS)
 def test_randomized_churn_with_daemon_restart(
-    dockerd: Any, client: Any, unique: str, seed: int
+    dockerd: Any, docker_client: Any, unique: str, seed: int
 ) -> None:
     """A seeded random schedule of start/stop/kill/restart/rm/host-SIGKILL/pause on
     containers sharing three labels, a dockerd restart in the middle: the map ends
@@ -346,11 +319,10 @@ def test_randomized_churn_with_daemon_restart(
     import docker.errors
 
     rng = random.Random(seed)
-    tr, tclient = start_tracker(dockerd)
-    containers: list[Any] = []
-    ops_done: list[str] = []
-    n_ops = 40
-    try:
+    with tracking(dockerd) as tr:
+        containers: list[Any] = []
+        ops_done: list[str] = []
+        n_ops = 40
         for step in range(n_ops):
             if step == n_ops // 2:
                 dockerd.restart(crash=rng.random() < 0.5)
@@ -364,7 +336,7 @@ def test_randomized_churn_with_daemon_restart(
                     op = "rm"
                 else:
                     policy = rng.choice([None, None, "always"])
-                    c = run(client, f"{unique}-{rng.randrange(3)}", restart=policy)
+                    c = run(docker_client, f"{unique}-{rng.randrange(3)}", restart=policy)
                     containers.append(c)
                     ops_done.append(f"run {c.name} {policy}")
                     time.sleep(rng.random() * 0.05)
@@ -372,36 +344,33 @@ def test_randomized_churn_with_daemon_restart(
             c = rng.choice(live)
             try:
                 if op == "stop":
-                    client.api.stop(c.id, timeout=0)
+                    docker_client.api.stop(c.id, timeout=0)
                 elif op == "kill":
-                    client.api.kill(c.id)
+                    docker_client.api.kill(c.id)
                 elif op == "restart":
-                    client.api.restart(c.id, timeout=0)
+                    docker_client.api.restart(c.id, timeout=0)
                 elif op == "rm":
-                    client.api.remove_container(c.id, force=True)
+                    docker_client.api.remove_container(c.id, force=True)
                     containers[containers.index(c)] = None
                 elif op == "start":
-                    client.api.start(c.id)
+                    docker_client.api.start(c.id)
                 elif op == "sigkill":  # a crash: restart policies apply
-                    pid = pid_of(client, c.id)
+                    pid = running_pid(docker_client, c.id)
                     if pid:
                         os.kill(pid, signal.SIGKILL)
                 elif op == "pause":
-                    state = client.api.inspect_container(c.id)["State"]
+                    state = docker_client.api.inspect_container(c.id)["State"]
                     if state["Paused"]:
-                        client.api.unpause(c.id)
+                        docker_client.api.unpause(c.id)
                     elif state["Running"]:
-                        client.api.pause(c.id)
+                        docker_client.api.pause(c.id)
                 ops_done.append(f"{op} {c.name}")
             except (docker.errors.APIError, ProcessLookupError) as e:
                 ops_done.append(f"{op} {c.name} failed: {str(e)[:60]}")
             time.sleep(rng.random() * 0.05)
-        settle(client)
-        want = assert_consistent(tr, client)
+        settle(docker_client)
+        want = assert_consistent(tr, docker_client)
         assert tr.tracker.health().reconnects >= 1
         # The schedule really exercised something.
         assert len([e for e in tr.log.snapshot() if e.label.startswith(unique)]) >= 5, ops_done
         del want
-    finally:
-        tr.tracker.stop()
-        tclient.close()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from caps import CAP_SYS_ADMIN, set_effective_cap
 from conftest import PREFIX, thread_ns, unmount_tree
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -89,31 +90,6 @@ def host_ip_names() -> set[str]:
 # -- capabilities and inotify, for failure injection -------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
-CAP_SYS_ADMIN = 21
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-def _drop_sys_admin_in_this_thread() -> None:
-    # Capabilities are per thread; threads this one creates (the C core's
-    # throwaway threads included) inherit the reduced set.
-    hdr = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
-    data = (_CapData * 2)()
-    if _libc.capget(ctypes.byref(hdr), data) != 0:
-        raise OSError(ctypes.get_errno(), "capget")
-    data[0].effective &= ~(1 << CAP_SYS_ADMIN)
-    if _libc.capset(ctypes.byref(hdr), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset")
 
 
 def without_sys_admin(fn: Callable[[], object]) -> BaseException | None:
@@ -122,7 +98,8 @@ def without_sys_admin(fn: Callable[[], object]) -> BaseException | None:
 
     def body() -> None:
         try:
-            _drop_sys_admin_in_this_thread()
+            # Per thread; the threads this one creates inherit the reduced set.
+            set_effective_cap(CAP_SYS_ADMIN, False)
             fn()
             box.append(None)
         except BaseException as e:

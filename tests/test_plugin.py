@@ -11,33 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import thread_ns
+from conftest import plugin_in, thread_ns
 
 import nslib
 from nslib import NetNamespace, NsPlugin, ReferenceType
 from nslib.plugin import Config
 
 pytestmark = pytest.mark.root
-
-
-def plugin_in(ns: nslib.NsHandle, config: Config | None = None, tracker: object = None) -> NsPlugin:
-    """A plugin initialized on a thread inside *ns*: its default namespace is *ns*."""
-
-    def make() -> NsPlugin:
-        p = NsPlugin(config, tracker)  # type: ignore[arg-type]
-        p.init()
-        return p
-
-    return nslib.run_in(ns, make)
-
-
-@pytest.fixture
-def plugin(netns: nslib.NsHandle, run_dir: str) -> Iterator[NsPlugin]:
-    p = plugin_in(netns, Config(run_dir=run_dir))
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture
@@ -164,14 +144,13 @@ def test_microservice_without_tracker(plugin) -> None:
 
 
 @pytest.mark.docker
-def test_microservice_through_the_tracker(dockerd, netns, unique) -> None:
+def test_microservice_through_the_tracker(docker_client, netns, unique) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from dockerd import run_container
 
-    client = dockerd.client()
-    tracker = nslib.MicroserviceTracker(client)
+    tracker = nslib.MicroserviceTracker(docker_client)
     tracker.start()
-    c = run_container(client, label=unique)
+    c = run_container(docker_client, label=unique)
     p = plugin_in(netns, Config(microservice_timeout=10), tracker)
     try:
         tracker.wait_for(unique, timeout=10)
@@ -184,7 +163,6 @@ def test_microservice_through_the_tracker(dockerd, netns, unique) -> None:
         p.close()
         c.remove(force=True)
         tracker.stop()
-        client.close()
 
 
 # -- switching ------------------------------------------------------------------------

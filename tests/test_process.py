@@ -12,13 +12,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PREFIX, open_fds, thread_ns
 
 import nslib
 from nslib import named
-from nslib.process import ETC_NETNS_DIR, popen, run
+from nslib.process import popen, run
 
 pytestmark = pytest.mark.root
 
@@ -137,28 +138,13 @@ def etc_sys_mounts() -> list[str]:
     return found
 
 
-@pytest.fixture
-def etc_files(unique: str) -> Iterator[Path]:
-    """/etc/netns/<unique>/ (removed afterwards, even on failure)."""
-    d = Path(ETC_NETNS_DIR) / unique
-    d.mkdir(parents=True)
-    try:
-        yield d
-    finally:
-        for f in d.iterdir():
-            f.unlink()
-        d.rmdir()
-        with contextlib.suppress(OSError):
-            Path(ETC_NETNS_DIR).rmdir()  # only if we left it empty
-
-
 def test_etc_netns_files_are_bound(
-    named_ns: tuple[str, str, nslib.NsHandle], etc_files: Path, caplog: pytest.LogCaptureFixture
+    named_ns: tuple[str, str, nslib.NsHandle], etc_netns_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     name, run_dir, _ = named_ns
     ours = f"nameserver 192.0.2.53\n# {name}\n"
-    (etc_files / "resolv.conf").write_text(ours)
-    (etc_files / f"{PREFIX}-absent.conf").write_text("x\n")  # no /etc/<that>: a warning
+    (etc_netns_dir / "resolv.conf").write_text(ours)
+    (etc_netns_dir / f"{PREFIX}-absent.conf").write_text("x\n")  # no /etc/<that>: a warning
     host_before = Path("/etc/resolv.conf").read_bytes()
     mounts_before = etc_sys_mounts()
     with caplog.at_level(logging.WARNING, logger="nslib.process"):
@@ -178,7 +164,7 @@ def test_etc_netns_files_are_bound(
 
 
 def test_etc_symlink_binds_over_the_target_privately(
-    named_ns: tuple[str, str, nslib.NsHandle], etc_files: Path, unique: str, tmp_path: Path
+    named_ns: tuple[str, str, nslib.NsHandle], etc_netns_dir: Path, unique: str, tmp_path: Path
 ) -> None:
     # /etc/<x> is a symlink (as systemd-resolved's resolv.conf): the bind lands
     # on its target inside the child's mount namespace only.
@@ -188,7 +174,7 @@ def test_etc_symlink_binds_over_the_target_privately(
     link = Path("/etc") / f"{unique}.conf"
     link.symlink_to(target)
     try:
-        (etc_files / link.name).write_text("namespace\n")
+        (etc_netns_dir / link.name).write_text("namespace\n")
         r = run(name, ["cat", str(link)], run_dir=run_dir, capture_output=True, text=True)
         assert r.stdout == "namespace\n"
         assert link.is_symlink()
@@ -329,12 +315,11 @@ def test_without_privileges_is_a_permission_error(
 
 @pytest.mark.docker
 def test_ms_reference_resolves_through_docker(
-    dockerd: object, monkeypatch: pytest.MonkeyPatch, unique: str
+    dockerd: object, docker_client: Any, monkeypatch: pytest.MonkeyPatch, unique: str
 ) -> None:
     from dockerd import run_container
 
-    client = dockerd.client()  # type: ignore[attr-defined]
-    c = run_container(client, label=unique)
+    c = run_container(docker_client, label=unique)
     try:
         c.reload()
         pid = c.attrs["State"]["Pid"]
@@ -343,7 +328,7 @@ def test_ms_reference_resolves_through_docker(
         # With a tracker the caller owns...
         from nslib.microservice import MicroserviceTracker
 
-        with MicroserviceTracker(client) as tracker:
+        with MicroserviceTracker(docker_client) as tracker:
             tracker.wait_for(unique, timeout=20)
             r = run(f"ms:{unique}", READ_NS, tracker=tracker, capture_output=True, text=True)
             assert r.stdout.strip() == expected
@@ -355,7 +340,6 @@ def test_ms_reference_resolves_through_docker(
             run(f"ms:{unique}-absent", ["true"])
     finally:
         c.remove(force=True)
-        client.close()
 
 
 # -- execvp ---------------------------------------------------------------------------

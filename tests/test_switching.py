@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import fcntl
 import gc
@@ -25,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from caps import CAP_SYS_ADMIN, drop_effective, set_effective_cap
 from conftest import open_fds, thread_ns
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,51 +53,6 @@ pytestmark = pytest.mark.root
 NsId = tuple[int, int]
 
 # -- helpers -------------------------------------------------------------------
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_CAP_V3 = 0x20080522
-CAP_SYS_ADMIN = 21
-
-
-def set_effective_cap(cap: int, on: bool) -> None:
-    """Raise or drop *cap* in the calling thread's effective set (capset(2)).
-
-    Capabilities are per thread, so only the calling thread is affected; the
-    permitted set is kept, so the capability can be raised again.
-    """
-    hdr = _CapHeader(_CAP_V3, 0)
-    data = (_CapData * 2)()
-    if _libc.capget(ctypes.byref(hdr), data) != 0:
-        raise OSError(ctypes.get_errno(), "capget")
-    idx, bit = divmod(cap, 32)
-    if on:
-        data[idx].effective |= 1 << bit
-    else:
-        data[idx].effective &= ~(1 << bit)
-    if _libc.capset(ctypes.byref(hdr), data) != 0:
-        raise OSError(ctypes.get_errno(), "capset")
-
-
-@contextlib.contextmanager
-def without_sys_admin() -> Iterator[None]:
-    set_effective_cap(CAP_SYS_ADMIN, False)
-    try:
-        yield
-    finally:
-        set_effective_cap(CAP_SYS_ADMIN, True)
 
 
 def in_thread(fn: Callable[[], Any]) -> Any:
@@ -603,7 +558,7 @@ def test_enter_without_permission_is_not_poisoning(
 ) -> None:
     def attempt() -> tuple[bool, int, NsId]:
         before = thread_ns()
-        with without_sys_admin(), pytest.raises(PermissionError) as info:
+        with drop_effective(CAP_SYS_ADMIN), pytest.raises(PermissionError) as info:
             entered(a).__enter__()
         assert "a new anonymous namespace" in str(info.value)  # names the namespace
         return thread_poisoned(), switch_depth(), before
@@ -773,7 +728,7 @@ def test_pinned_join_error_is_raised_by_the_constructor(a: NsHandle, fd_baseline
     # A worker inherits the creating thread's capabilities: without
     # CAP_SYS_ADMIN its setns fails, inside the worker.
     def make() -> None:
-        with without_sys_admin():
+        with drop_effective(CAP_SYS_ADMIN):
             pinned(a)
 
     before = {t.ident for t in threading.enumerate()}
