@@ -345,7 +345,6 @@ static int nslib_socket_in(int target, int family, int type, int proto)
  * changes namespace and there is nothing to restore.
  */
 struct nslib_newns {
-	const char *placeholder;	/* bind-mount target, or NULL */
 	int fd;				/* out: an fd of the new namespace */
 	int err;
 };
@@ -358,11 +357,6 @@ static void *nslib_newns_thread(void *arg)
 	job->err = 0;
 	if (unshare(CLONE_NEWNET) < 0)
 		goto fail;
-	if (job->placeholder) {
-		if (mount(NSLIB_SELF, job->placeholder, "none", MS_BIND, NULL) < 0)
-			goto fail;
-		return NULL;
-	}
 	job->fd = open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
 	if (job->fd < 0)
 		goto fail;
@@ -397,7 +391,7 @@ static int nslib_run_newns(struct nslib_newns *job)
 /* A new, anonymous network namespace; returns an fd that keeps it alive. */
 static int nslib_new_netns(void)
 {
-	struct nslib_newns job = { .placeholder = NULL };
+	struct nslib_newns job = { .fd = -1 };
 
 	if (nslib_run_newns(&job) < 0)
 		return -1;
@@ -493,14 +487,6 @@ static int nslib_mount_peers(const char *path, unsigned long long *peer,
 	    (parent.mnt_propagation & MS_SHARED))
 		*parent_peer = parent.mnt_peer_group;
 	return (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) ? 1 : 0;
-}
-
-/* A new network namespace bind-mounted onto an existing placeholder file. */
-static int nslib_create_netns_at(const char *placeholder)
-{
-	struct nslib_newns job = { .placeholder = placeholder };
-
-	return nslib_run_newns(&job);
 }
 
 /*

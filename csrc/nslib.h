@@ -38,7 +38,6 @@ int nslib_join(int target);
 int nslib_socket_in(int target, int family, int type, int proto);
 
 int nslib_new_netns(void);
-int nslib_create_netns_at(const char *placeholder);
 int nslib_mount_peers(const char *path, unsigned long long *peer,
 		      unsigned long long *parent_peer);
 int nslib_prepare_exec(int netfd);

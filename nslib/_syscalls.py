@@ -198,12 +198,6 @@ def new_netns() -> int:
     return fd
 
 
-def create_netns_at(placeholder: bytes, what: str) -> None:
-    """Unshare on a throwaway thread and bind its namespace onto *placeholder*."""
-    if lib.nslib_create_netns_at(placeholder) < 0:
-        fail(-1, what, os.fsdecode(placeholder))
-
-
 def mount_peers(path: bytes, what: str) -> tuple[bool, int, int] | None:
     """``(is a mount root, peer group, parent's peer group)`` of *path*'s mount.
 
