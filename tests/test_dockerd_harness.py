@@ -11,7 +11,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
-from conftest import docker_client_of
+from conftest import _missing, docker_client_of
 from dockerd import (
     MICROSERVICE_ENV,
     TEST_IMAGE,
@@ -30,11 +30,7 @@ pytestmark = pytest.mark.docker
 SYSTEM_SOCKET = "/var/run/docker.sock"
 
 
-def _unavailable(reason: str) -> None:
-    """Skip locally, fail under CI=true (as the ``docker`` marker promises)."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+_unavailable = _missing  # skip locally, fail under CI=true
 
 
 @pytest.fixture(scope="module")
