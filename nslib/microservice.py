@@ -210,6 +210,8 @@ class Microservice:
         handle = NsHandle._adopt(fd, what)
         if not allow_shared and self.network_mode != "host":
             try:
+                # /proc/self on purpose: the guard is about the *process's*
+                # (the host side's) namespace, whatever this thread entered.
                 mine = os.stat("/proc/self/ns/net")
                 same = handle.ns_id == (mine.st_dev, mine.st_ino)
             except BaseException:
