@@ -25,12 +25,13 @@
 #include <linux/magic.h>
 #include <linux/nsfs.h>
 
-#define NSLIB_ABI 4
+#define NSLIB_ABI 5
 
 #define NSLIB_ENOTNS -2		/* the file is not a namespace at all */
 #define NSLIB_EWRONGTYPE -3	/* a namespace, but not a network one */
 #define NSLIB_EPOISONED -4	/* a restore failed on this thread earlier */
 #define NSLIB_EORDER -5		/* leave() of a switch that is not innermost */
+#define NSLIB_ERESTORE -6	/* the restore failed: the thread is poisoned */
 
 #define NSLIB_SELF "/proc/thread-self/ns/net"
 #define NSLIB_MAX_DEPTH 64
@@ -72,9 +73,30 @@ static void nslib_thread_exit(void *arg)
 	t->home = 0;
 }
 
+/*
+ * In a forked child the home fd is a number inherited from the parent, and
+ * children routinely close every fd they did not open (daemons do); a later
+ * leave would then setns() into whatever reuses the number.  The forking
+ * thread is the child's only thread: at depth 0 it forgets its home and
+ * reopens it on the next switch.
+ */
+static void nslib_atfork_child(void)
+{
+	struct nslib_thread *t = &nslib_t;
+
+	if (t->depth == 0 && t->home > 0) {
+		close(t->home - 1);
+		t->home = 0;
+	}
+}
+
+static int nslib_key_err;
+
 static void nslib_make_key(void)
 {
-	pthread_key_create(&nslib_key, nslib_thread_exit);
+	nslib_key_err = pthread_key_create(&nslib_key, nslib_thread_exit);
+	if (nslib_key_err == 0)
+		nslib_key_err = pthread_atfork(NULL, NULL, nslib_atfork_child);
 }
 
 /*
@@ -184,9 +206,9 @@ static int nslib_home(struct nslib_thread *t)
 	if (fd < 0)
 		return -1;
 	pthread_once(&nslib_key_once, nslib_make_key);
-	if (pthread_setspecific(nslib_key, t) != 0) {
+	if (nslib_key_err != 0 || pthread_setspecific(nslib_key, t) != 0) {
 		close(fd);
-		errno = ENOMEM;
+		errno = nslib_key_err ? nslib_key_err : ENOMEM;
 		return -1;
 	}
 	t->home = fd + 1;
@@ -333,7 +355,7 @@ static int nslib_socket_in(int target, int family, int type, int proto)
 		if (sock >= 0)
 			close(sock);
 		errno = err;
-		return -1;
+		return NSLIB_ERESTORE;	/* not a socket() error: say so */
 	}
 	errno = err;
 	return sock;
@@ -413,7 +435,14 @@ static int nslib_new_netns(void)
 #ifndef STATX_ATTR_MOUNT_ROOT
 #define STATX_ATTR_MOUNT_ROOT 0x00002000
 #endif
-#define NSLIB_NR_STATMOUNT 457	/* the same on every architecture */
+/* 457 on the unified syscall table; alpha and mips number it otherwise. */
+#if defined(SYS_statmount)
+#define NSLIB_NR_STATMOUNT SYS_statmount
+#elif defined(__alpha__) || defined(__mips__)
+#define NSLIB_NR_STATMOUNT -1	/* unknown here: ENOSYS, callers fall back */
+#else
+#define NSLIB_NR_STATMOUNT 457
+#endif
 #define NSLIB_STATMOUNT_MNT_BASIC 0x00000002U
 
 struct nslib_mnt_id_req {
@@ -453,6 +482,10 @@ static int nslib_statmount_basic(__u64 id, struct nslib_statmount *sm)
 	};
 
 	memset(sm, 0, sizeof(*sm));
+	if (NSLIB_NR_STATMOUNT < 0) {
+		errno = ENOSYS;
+		return -1;
+	}
 	if (syscall(NSLIB_NR_STATMOUNT, &req, sm, sizeof(*sm), 0) < 0)
 		return -1;
 	if (!(sm->mask & NSLIB_STATMOUNT_MNT_BASIC)) {

@@ -16,6 +16,8 @@ class _Lib(Protocol):
     NSLIB_EWRONGTYPE: int
     NSLIB_EPOISONED: int
     NSLIB_EORDER: int
+    NSLIB_ERESTORE: int
+    AT_FDCWD: int
     def nslib_setns(self, fd: int, nstype: int) -> int: ...
     def nslib_unshare(self, flags: int) -> int: ...
     def nslib_mount(

@@ -18,7 +18,7 @@ ffi = _native.ffi
 lib = _native.lib
 
 # A stale .so in an editable checkout would silently miss newer shims.
-_ABI = 4
+_ABI = 5
 if lib.NSLIB_ABI != _ABI:  # pragma: no cover
     raise ImportError(f"nslib._native ABI {lib.NSLIB_ABI} != {_ABI}; rebuild (pip install -e .)")
 
@@ -31,12 +31,13 @@ MS_SHARED: int = lib.MS_SHARED
 MS_PRIVATE: int = lib.MS_PRIVATE
 MS_SLAVE: int = lib.MS_SLAVE
 MS_RDONLY: int = lib.MS_RDONLY
-AT_FDCWD = -100
+AT_FDCWD: int = lib.AT_FDCWD
 
 _ENOTNS: int = lib.NSLIB_ENOTNS
 _EWRONGTYPE: int = lib.NSLIB_EWRONGTYPE
 _EPOISONED: int = lib.NSLIB_EPOISONED
 EORDER: int = lib.NSLIB_EORDER
+_ERESTORE: int = lib.NSLIB_ERESTORE
 
 # The switching hot path calls these directly and checks the return itself.
 raw_enter = lib.nslib_enter
@@ -73,7 +74,9 @@ def fail(rc: int, what: str, path: str | None = None, nstype: int = 0, *, fd: in
         raise NotANamespace(f"not a namespace: {what}")
     if rc == _EWRONGTYPE:
         kind = _NSTYPES.get(nstype, hex(nstype))
-        raise NotANamespace(f"a {kind} namespace, not a network namespace: {what}")
+        wrong = NotANamespace(f"a {kind} namespace, not a network namespace: {what}")
+        wrong.nstype = nstype
+        raise wrong
     if rc == _EPOISONED:
         raise poisoned_error(what)
     raise oserror(err, what, path)
@@ -126,14 +129,6 @@ def open_current() -> int:
     return fd
 
 
-def enter(fd: int, what: str) -> int:
-    """Move the calling thread into *fd*; return the new nesting depth."""
-    depth = lib.nslib_enter(fd)
-    if depth < 0:
-        fail(depth, what, fd=fd)
-    return depth
-
-
 def leave(depth: int, what: str) -> None:
     """Undo the :func:`enter` that returned *depth* on this thread."""
     rc = lib.nslib_leave(depth)
@@ -183,6 +178,8 @@ def socket_in(fd: int, family: int, type: int, proto: int, what: str) -> int:
 def socket_in_failed(rc: int, fd: int, family: int, type: int, proto: int, what: str) -> NoReturn:
     """Raise for a failed ``nslib_socket_in`` (call right after it)."""
     err = ffi.errno
+    if rc == _ERESTORE:
+        leave_failed(rc, what, err)  # the socket was made, but the way back failed
     if rc == -1 and err == errno.EINVAL:
         # EINVAL may be socket(2)'s (a bad family or type), not setns'.
         check_netns(fd, what)
