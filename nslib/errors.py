@@ -42,6 +42,9 @@ class NamespaceExists(FileExistsError, NslibError):
 class NotANamespace(ValueError, NslibError):
     """The file or fd is not a network namespace (or not a namespace at all)."""
 
+    #: The CLONE_NEW* type of the namespace it is instead; 0: not a namespace.
+    nstype: int = 0
+
 
 class InvalidReference(ValueError, NslibError):
     """A namespace reference that cannot be parsed or is malformed."""

@@ -128,13 +128,16 @@ class NsHandle:
         run_dir = run_dir or DEFAULT_RUN_DIR
         what = f"name:{name}"
         path = os.path.join(run_dir, name)
+        raw = sys_.encode_path(path, what)  # a NUL in run_dir would cut the path short
         try:
-            fd = sys_.open_netns(os.fsencode(path), what)
+            fd = sys_.open_netns(raw, what)
         except NamespaceNotFound as e:
             raise NamespaceNotFound(
                 errno.ENOENT, f"no named namespace {name!r} in {run_dir}", path
             ) from e
-        except NotANamespace:
+        except NotANamespace as e:
+            if e.nstype:  # some other kind of namespace is mounted there
+                raise
             raise NotANamespace(
                 f"{path} is a stale placeholder, not a mounted namespace "
                 f"(nslib.named.repair({name!r}) removes it)"

@@ -41,7 +41,12 @@ from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar, final
 
 from . import _syscalls as sys_
-from .errors import ClosedHandleError, InvalidReference, NamespaceRestoreError
+from .errors import (
+    ClosedHandleError,
+    InvalidReference,
+    NamespaceNotFound,
+    NamespaceRestoreError,
+)
 from .handle import NsHandle
 from .reference import NetNamespace, NsLike, open_namespace
 
@@ -95,7 +100,17 @@ def _resolve(ns: NsLike) -> tuple[int, NsHandle | None, str]:
             raise OSError(errno.EBADF, f"{os.strerror(errno.EBADF)}: fd {ns}")
         return ns, None, f"fd {ns}"
     if isinstance(ns, str | os.PathLike):
-        h = NsHandle.from_path(ns)
+        try:
+            h = NsHandle.from_path(ns)
+        except NamespaceNotFound as e:
+            if isinstance(ns, str) and "/" not in ns:
+                # A bare word is a *path* here; NetNamespace.parse reads it as a name.
+                raise NamespaceNotFound(
+                    e.errno,
+                    f"{e.strerror}; for the named namespace, pass NetNamespace.named({ns!r})",
+                    e.filename,
+                ) from None
+            raise
         return h.fileno(), h, h.what
     raise InvalidReference(
         f"expected an NsHandle, NetNamespace, path or fd, not {type(ns).__name__}"
@@ -116,8 +131,10 @@ class entered:
 
     *ns* may be an :class:`NsHandle`, a :class:`NetNamespace`, a path or an
     int fd.  Nesting works; the thread is moved back on every exit, including
-    exceptions and ``KeyboardInterrupt``.  A handle or fd costs no open;
-    a reference or path is opened once and closed on exit.  ``__enter__``
+    exceptions and ``KeyboardInterrupt``.  A handle or fd costs no open
+    (a thread opens its home namespace once, on its first switch, and a
+    nested switch opens the current one to return to); a reference or path
+    is opened once and closed on exit.  ``__enter__``
     returns the handle used (``None`` for a bare fd).
 
     Refused on a thread running an asyncio event loop.
@@ -162,6 +179,7 @@ class entered:
                 if depth > 0:
                     self._depth = depth
                     return ns
+                sys_.fail(depth, ns.what, fd=fd)  # reads errno first; no second try
         return self._enter_slow()
 
     def _enter_slow(self) -> NsHandle | None:
@@ -247,8 +265,8 @@ class Revert:
 
     @property
     def done(self) -> bool:
-        """Whether the thread has been moved back."""
-        return self._depth == 0
+        """Whether this switch is over: reverted, or undone by an enclosing block."""
+        return self._depth == 0 or _raw_serial(self._depth) != self._serial
 
     def __call__(self) -> None:
         """Move the thread back (a no-op the second time).
@@ -356,7 +374,12 @@ class _Owned:
     def __init__(self, ns: NsLike) -> None:
         fd, own, self.what = _resolve(ns)
         # A dup, so the caller may close its handle while the worker runs.
-        self.handle = own if own is not None else NsHandle.from_fd(fd)
+        if own is not None:
+            self.handle = own
+        elif type(ns) is NsHandle:
+            self.handle = ns.dup()  # already checked: no second fstatfs+ioctl
+        else:
+            self.handle = NsHandle.from_fd(fd)
 
     def join(self) -> None:
         """Move the calling (fresh) thread into the namespace; close the handle.
@@ -488,7 +511,9 @@ class PinnedExecutor(Executor):
                 result, error = None, e
             del fn, args, kwargs
             if _raw_depth():
-                error = self._move_back()
+                task_error, error = error, self._move_back()
+                if task_error is not None:
+                    error.__cause__ = task_error  # keep the task's own failure
             if error is None:
                 fut.set_result(result)
             else:

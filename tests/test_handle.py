@@ -407,3 +407,24 @@ def test_from_name_missing_never_creates(run_dir: str, fd_baseline: set[int]) ->
     with pytest.raises(NamespaceNotFound, match="no named namespace 'nope'"):
         NsHandle.from_name("nope", run_dir=run_dir)
     assert not os.path.exists(os.path.join(run_dir, "nope"))
+
+
+# -- regressions from the code review -------------------------------------------
+
+
+def test_from_name_refuses_a_nul_in_run_dir() -> None:
+    with pytest.raises(nslib.InvalidReference):
+        nslib.NsHandle.from_name("net", run_dir="/proc/self/ns\0/x")
+
+
+def test_from_name_reports_a_wrong_namespace_type_not_a_stale_placeholder(
+    run_dir: str, unique: str
+) -> None:
+    os.makedirs(run_dir)
+    path = os.path.join(run_dir, unique)
+    open(path, "w").close()
+    subprocess.run(["mount", "--bind", "/proc/thread-self/ns/uts", path], check=True)
+    with pytest.raises(nslib.NotANamespace, match="uts namespace") as info:
+        nslib.NsHandle.from_name(unique, run_dir=run_dir)
+    assert "stale" not in str(info.value)
+    assert info.value.nstype != 0

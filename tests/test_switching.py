@@ -29,6 +29,7 @@ from conftest import open_fds, thread_ns
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import nslib
 from nslib import (
     ClosedHandleError,
     InvalidReference,
@@ -1055,3 +1056,95 @@ def test_random_switch_programs_on_many_threads(
     assert switch_depth() == 0
     leaked = settle_fds(baseline)
     assert not leaked, f"leaked fds: {sorted(leaked)}"
+
+
+# -- regressions from the code review -------------------------------------------
+
+
+def test_forked_child_that_closes_every_fd_still_returns_home(netns: nslib.NsHandle) -> None:
+    # The home fd is cached per thread.  A forked child that closes all its
+    # fds (as daemons do) and opens namespaces reusing those numbers must not
+    # be sent "home" into one of them.
+    with nslib.entered(netns):
+        pass  # this thread now has a cached home fd
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        status = b"?"
+        try:
+            os.closerange(3, w)
+            os.closerange(w + 1, 4096)
+            handles = [nslib.NsHandle.new() for _ in range(8)]  # reuse the low numbers
+            home = os.stat("/proc/thread-self/ns/net")
+            with nslib.entered(handles[0]):
+                pass
+            back = os.stat("/proc/thread-self/ns/net")
+            ok = (back.st_dev, back.st_ino) == (home.st_dev, home.st_ino)
+            status = b"1" if ok else b"0"
+            for h in handles:
+                h.detach()
+        finally:
+            os.write(w, status)
+            os._exit(0)
+    os.close(w)
+    try:
+        answer = os.read(r, 1)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    assert answer == b"1", "the child was left in another namespace after leaving"
+
+
+def test_socket_in_restore_failure_is_a_restore_error(netns: nslib.NsHandle) -> None:
+    # Make the way back fail for real: swap a pipe into the number of the
+    # thread's cached home fd; the socket is made, the restore is refused.
+    box: list[BaseException | bool] = []
+
+    def body() -> None:
+        before = open_fds()
+        with nslib.entered(netns):
+            pass
+        (home,) = open_fds() - before  # the home fd this thread just cached
+        pr, pw = os.pipe()
+        os.dup2(pr, home)
+        os.close(pr)
+        os.close(pw)
+        try:
+            nslib.socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM).close()
+        except BaseException as e:
+            box.append(e)
+        box.append(nslib.thread_poisoned())
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    err, poisoned = box
+    assert isinstance(err, nslib.NamespaceRestoreError), repr(err)
+    assert poisoned is True
+
+
+def test_pinned_keeps_the_tasks_own_exception_as_cause(netns: nslib.NsHandle) -> None:
+    other = nslib.NsHandle.new()
+    abandoned: list[nslib.Revert] = []
+
+    def sloppy() -> None:
+        abandoned.append(nslib.switch_to(other))  # never reverted by the task
+        raise ValueError("the real bug")
+
+    try:
+        with nslib.pinned(netns) as ex:
+            fut = ex.submit(sloppy)
+            err = fut.exception(timeout=10)
+            assert err is not None
+            assert isinstance(err.__cause__, ValueError)
+            assert str(err.__cause__) == "the real bug"
+            assert abandoned[0].done  # the executor undid it: revert is a no-op
+            ex.submit(abandoned[0]).result(timeout=10)
+    finally:
+        other.close()
+
+
+def test_bare_word_is_a_path_with_a_hint_towards_named(unique: str) -> None:
+    hint = r"NetNamespace\.named"
+    with pytest.raises(nslib.NamespaceNotFound, match=hint), nslib.entered(unique):
+        pass
