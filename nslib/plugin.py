@@ -19,6 +19,7 @@ with an empty path mean it, as in the seed.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .errors import (
     UnavailableMicroserviceError,
 )
 from .handle import NsHandle
+from .names import DEFAULT_RUN_DIR
 from .reference import NetNamespace, ReferenceType
 from .switching import Revert, switch_to
 
@@ -200,6 +202,9 @@ class NsPlugin:
             (and is not to be created).
         :raises UnavailableMicroserviceError: no running container holds the label,
             or there is no tracker.
+        :raises NotANamespace: the name is taken by something that is not a
+            mounted namespace (a stale placeholder, a dangling symlink) and
+            still is after *timeout*.
         :raises InvalidReference: an UNDEFINED reference.
         """
         self._check("get_namespace_handle")
@@ -241,8 +246,19 @@ class NsPlugin:
 
             try:
                 return create_named(name, run_dir=run_dir)
-            except NamespaceExists:
-                continue  # lost a race with another creator: open theirs
+            except NamespaceExists as e:
+                # Usually a race with another creator: open theirs.  But the
+                # name can also be taken by something open() cannot follow
+                # and O_EXCL will not replace (a dangling symlink): then this
+                # would loop for ever, so the same deadline applies here.
+                if time.monotonic() >= deadline:
+                    path = os.path.join(run_dir or DEFAULT_RUN_DIR, name)
+                    raise NotANamespace(
+                        f"name:{name}: {path} exists but does not open as a namespace "
+                        "(a dangling symlink or something else that is not a namespace); "
+                        "remove it to use the name"
+                    ) from e
+                time.sleep(0.005)
 
     def _microservice(self, label: str, timeout: float) -> NsHandle:
         tracker = self._tracker

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -252,3 +253,30 @@ def test_context_manager(fd_baseline) -> None:
         with nslib.NsHandle.current() as here:
             assert same(p.get_namespace_handle(None), here)
     assert not p.initialized
+
+
+def test_nsid_name_taken_by_a_dangling_symlink_times_out(plugin, run_dir, unique) -> None:
+    """open() follows the link (ENOENT) but O_EXCL does not (EEXIST): no endless loop."""
+    nslib.named.create(unique + "x", run_dir=run_dir).close()  # makes run_dir a netns dir
+    nslib.named.delete(unique + "x", run_dir=run_dir)
+    os.symlink("/nonexistent", os.path.join(run_dir, unique))
+    outcome: list[BaseException | None] = []
+
+    def lookup() -> None:
+        try:
+            plugin.get_namespace_handle(NetNamespace.named(unique), timeout=0.3).close()
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    # A thread, so that the old endless loop fails the test instead of hanging it.
+    t = threading.Thread(target=lookup, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "get_namespace_handle() spins past its timeout"
+    assert time.monotonic() - t0 < 2
+    [err] = outcome
+    assert isinstance(err, nslib.NotANamespace), err
+    assert unique in str(err) and "not a namespace" in str(err)
+    assert os.path.islink(os.path.join(run_dir, unique))  # left alone
