@@ -46,6 +46,8 @@ __all__ = ["Config", "NsPlugin"]
 # namespace on it (pitfall 14): give it this long to finish.
 _MOUNT_GRACE = 1.0
 
+_DEFAULT_WHAT = "the plugin's default namespace"
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -67,10 +69,6 @@ class Config:
     create_missing: bool = True
     run_dir: str | None = None
     microservice_timeout: float = 5.0
-
-
-class _Microservice(Protocol):
-    def open_namespace(self) -> NsHandle: ...
 
 
 class _Tracker(Protocol):
@@ -127,7 +125,12 @@ class NsPlugin:
             if self._state != "new":
                 raise RuntimeError(f"NsPlugin.init(): the plugin is already {self._state}")
             if not self._config.disabled:
-                self._default = NsHandle.current()
+                # Named for what it is from now on: every handle dup()ed from
+                # it (and every error naming one) says "the plugin's default
+                # namespace", not "the calling thread's", which is some other
+                # thread's by the time it is used.
+                here = NsHandle.current()
+                self._default = NsHandle(here.detach(), what=_DEFAULT_WHAT)
             self._state = "ready"
 
     def close(self) -> None:

@@ -280,3 +280,13 @@ def test_nsid_name_taken_by_a_dangling_symlink_times_out(plugin, run_dir, unique
     assert isinstance(err, nslib.NotANamespace), err
     assert unique in str(err) and "not a namespace" in str(err)
     assert os.path.islink(os.path.join(run_dir, unique))  # left alone
+
+
+def test_default_namespace_handles_say_what_they_are(plugin) -> None:
+    """Not "the calling thread's namespace": errors must name the right one."""
+    with plugin.default_namespace() as h:
+        assert h.what == "the plugin's default namespace"
+    with plugin.get_namespace_handle(None) as h:
+        assert h.what == "the plugin's default namespace"
+    with plugin.get_namespace_handle(NetNamespace(ReferenceType.FD, "")) as h:
+        assert "default namespace" in repr(h)
