@@ -680,6 +680,11 @@ class _Worker:
         self.conf._update(it, ItemStatus.REMOVED, error=error)
 
 
+def _same_error(e: BaseException | None) -> tuple[type[BaseException], str] | None:
+    """What makes two errors "the same failure" for change reporting."""
+    return None if e is None else (type(e), str(e))
+
+
 def _watchable(ref: Target) -> bool:
     # Named namespaces, paths and PIDs are polled; microservices come from
     # the tracker; the default namespace never changes.
@@ -939,7 +944,13 @@ class Configurator:
         with self._lock:
             if it._status is ItemStatus.REMOVED:
                 return
-            changed = (it._status, it._error, it._waiting_for) != (status, error, waiting_for)
+            # Each retry raises a new exception object: compare what it says,
+            # or a FAILED item would be reported (and logged) on every retry.
+            changed = (it._status, _same_error(it._error), it._waiting_for) != (
+                status,
+                _same_error(error),
+                waiting_for,
+            )
             it._status = status
             it._error = error
             it._waiting_for = waiting_for

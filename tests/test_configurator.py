@@ -537,3 +537,24 @@ def test_label_taken_over_by_a_newer_container(
         for c in (first, second):
             if c is not None:
                 c.remove(force=True)
+
+
+def test_a_failing_retry_reports_once(plugin: NsPlugin, caplog: pytest.LogCaptureFixture) -> None:
+    """The same failure again (a new exception object) is no change: no new on_change or log."""
+    seen: list[tuple[ItemStatus, str]] = []
+
+    def on_change(item: ConfigItem) -> None:
+        seen.append((item.status, str(item.error)))
+
+    with (
+        Configurator(plugin, on_change=on_change) as conf,
+        nslib.NsHandle.new() as other,
+        caplog.at_level("WARNING", logger="nslib.configurator"),
+    ):
+        ref = NetNamespace.path(f"/proc/self/fd/{other.fileno()}")
+        route = conf.add_route("10.251.9.0/24", ns=ref, dev="nlt-nope")
+        assert route.status is FAILED
+        assert eventually(lambda: route._attempts >= 4, timeout=5)  # retried with backoff
+        conf.close()
+    assert [s for s, _ in seen] == [FAILED], seen
+    assert len([r for r in caplog.records if "nlt-nope" in r.getMessage()]) == 1
