@@ -26,7 +26,9 @@ Rules:
   (and the ``on_change`` callback is told); it is retried on every later
   trigger and, meanwhile, with a backoff (50 ms doubling to 5 s), because
   the kernel tears namespaces down asynchronously and a name can be busy
-  for a moment.  Nothing is swallowed.
+  for a moment.  Nothing is swallowed: should a worker itself die of an
+  unexpected error, its items become FAILED with that error and the next
+  trigger of their namespace starts a fresh worker.
 * :meth:`Configurator.remove` undoes an applied item where that makes
   sense (a veth is deleted, a moved link goes back to the default
   namespace, a route or ARP entry is deleted); the item becomes REMOVED.
@@ -590,13 +592,31 @@ class _Worker:
                             del self.conf._workers[self.key]
                             self.conf._retired.append(self)  # close() still joins it
                         return
-        except BaseException:  # a bug here must not silently stop a target namespace
+        except Exception as e:
+            # A bug or an unexpected fault (EMFILE in dup(), a close that
+            # raised) must not silently stop a target namespace: say so on
+            # its items, and make room for a fresh worker.
             _log.exception("configurator worker for %s died", _name(self.key))
-            raise
+            self._died(e)
         finally:
             for h in self.pins.values():
                 h.close()
             self.pins.clear()
+
+    def _died(self, error: Exception) -> None:
+        conf = self.conf
+        with conf._lock:
+            # Out of the map, so the next add_*(), resync() or trigger of this
+            # namespace starts a fresh worker (Configurator._worker_for), which
+            # adopts these items and retries them.
+            if conf._workers.get(self.key) is self:
+                del conf._workers[self.key]
+            items, self.items = self.items, []
+            removals, self.removals = self.removals, []
+        for it in removals:
+            conf._update(it, ItemStatus.REMOVED, error=error)  # the undo may not have run
+        for it in items:
+            conf._update(it, ItemStatus.FAILED, error=error)
 
     def _pass(self, s: _Session, items: list[ConfigItem], force: bool) -> None:
         conf = self.conf
@@ -843,9 +863,10 @@ class Configurator:
             item._removing = True
             self._items.remove(item)
             self._forget_unused()
-            worker = self._workers.get(item.ns)
-            if worker is not None and not self._closed:
-                worker.items.remove(item)
+            if not self._closed:
+                worker = self._worker_for(item.ns)
+                if item in worker.items:
+                    worker.items.remove(item)
                 worker.removals.append(item)
                 worker.wake.notify()
                 return
@@ -854,8 +875,10 @@ class Configurator:
     def resync(self) -> None:
         """Re-apply every item now, even those that look applied."""
         with self._lock:
-            for w in self._workers.values():
-                w.trigger(force=True)
+            if self._closed:
+                return
+            for key in {it.ns for it in self._items}:
+                self._worker_for(key).trigger(force=True)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -908,13 +931,8 @@ class Configurator:
                 raise RuntimeError("Configurator is closed")
             item._owner = self
             item._cond = threading.Condition(self._lock)
+            worker = self._worker_for(item.ns)  # before appending: it adopts items
             self._items.append(item)
-            worker = self._workers.get(item.ns)
-            if worker is None:
-                worker = _Worker(self, item.ns)
-                self._workers[item.ns] = worker
-                self._retired = [w for w in self._retired if w.thread.is_alive()]
-                worker.thread.start()
             worker.items.append(item)
             for ref in item.namespaces():
                 if _watchable(ref) and ref not in self._seen:
@@ -925,6 +943,21 @@ class Configurator:
                 return item  # declared from an on_change callback: do not wait on ourselves
             item._cond.wait_for(lambda: item._reported > 0 or self._closed, self._apply_timeout)
         return item
+
+    def _worker_for(self, key: Target) -> _Worker:
+        """The worker of namespace *key*, started if there is none (caller holds the lock).
+
+        There is none for a new namespace, and after a worker died
+        (:meth:`_Worker._died`): the fresh one adopts that namespace's items.
+        """
+        worker = self._workers.get(key)
+        if worker is None:
+            worker = _Worker(self, key)
+            worker.items = [it for it in self._items if it.ns == key and not it._removing]
+            self._workers[key] = worker
+            self._retired = [w for w in self._retired if w.thread.is_alive()]
+            worker.thread.start()
+        return worker
 
     def _open(self, ref: Target) -> NsHandle:
         if ref is None:
@@ -988,11 +1021,11 @@ class Configurator:
 
     def _trigger_users(self, ref: Target, force: bool) -> None:
         # Caller holds the lock.
+        if self._closed:
+            return
         keys = {it.ns for it in self._items if not it._removing and ref in it.namespaces()}
         for key in keys:
-            w = self._workers.get(key)
-            if w is not None:
-                w.trigger(force)
+            self._worker_for(key).trigger(force)
 
     def _forget_unused(self) -> None:
         used = {ref for it in self._items for ref in it.namespaces()}

@@ -558,3 +558,33 @@ def test_a_failing_retry_reports_once(plugin: NsPlugin, caplog: pytest.LogCaptur
         conf.close()
     assert [s for s, _ in seen] == [FAILED], seen
     assert len([r for r in caplog.records if "nlt-nope" in r.getMessage()]) == 1
+
+
+def test_a_dead_worker_fails_its_items_and_is_replaced(
+    plugin: NsPlugin, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected error inside a worker (here: EMFILE while re-pinning) must not
+    leave its namespace without a worker: its items are FAILED with the error and
+    the next declaration starts a fresh worker."""
+    import errno
+
+    from nslib import configurator as cfg
+
+    def emfile(self: object, s: object, items: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files (injected)")
+
+    with Configurator(plugin, apply_timeout=3) as conf, nslib.NsHandle.new() as other:
+        ref = NetNamespace.path(f"/proc/self/fd/{other.fileno()}")
+        monkeypatch.setattr(cfg._Worker, "_repin", emfile)
+        with caplog.at_level("ERROR", logger="nslib.configurator"):
+            veth = conf.add_veth("nlt-dw0", "nlt-dw0p", ns=ref)
+            veth.wait(FAILED, timeout=5)
+        assert isinstance(veth.error, OSError) and veth.error.errno == errno.EMFILE
+        assert "died" in caplog.text
+        monkeypatch.undo()
+        t0 = time.monotonic()
+        route = conf.add_route("10.251.10.0/24", ns=ref, dev="nlt-dw0")
+        assert route.status is APPLIED, route  # a fresh worker, not apply_timeout in vain
+        assert time.monotonic() - t0 < 2
+        veth.wait(APPLIED, timeout=5)  # the fresh worker retried the failed item too
+        assert veth.error is None
