@@ -26,6 +26,7 @@ from .errors import (
     NotANamespace,
     NslibError,
     PluginDisabledError,
+    SharedNamespaceError,
     UnavailableMicroserviceError,
 )
 from .handle import NsHandle
@@ -111,6 +112,7 @@ __all__ = [
     "PluginDisabledError",
     "ReferenceType",
     "Revert",
+    "SharedNamespaceError",
     "UnavailableMicroserviceError",
     "__version__",
     "entered",

@@ -77,6 +77,7 @@ from .errors import (
     LinkNotFound,
     NamespaceNotFound,
     NotANamespace,
+    SharedNamespaceError,
     UnavailableMicroserviceError,
 )
 from .handle import NsHandle
@@ -498,6 +499,10 @@ class _Session:
             raise self._failed[ref]
         try:
             h = self._conf._open(ref)
+        except SharedNamespaceError:
+            # Not "not there yet": it is there and is the host's.  Waiting
+            # would be PENDING for ever with no retry; it is a failure.
+            raise
         except (NamespaceNotFound, NotANamespace, UnavailableMicroserviceError) as e:
             msg = str(e) if _name(ref) in str(e) else f"{_name(ref)}: {e}"
             self._failed[ref] = _Unresolved(msg)

@@ -23,6 +23,7 @@ __all__ = [
     "NotANamespace",
     "NslibError",
     "PluginDisabledError",
+    "SharedNamespaceError",
     "UnavailableMicroserviceError",
 ]
 
@@ -80,6 +81,16 @@ class LinkExists(FileExistsError, NslibError):
 
 class UnavailableMicroserviceError(LookupError, NslibError):
     """No running container holds the microservice label (or it vanished)."""
+
+
+class SharedNamespaceError(UnavailableMicroserviceError):
+    """The microservice's namespace is the host's, and that was refused.
+
+    ``--network host``, or ``--network container:X`` with X on the host
+    network: configuring "the microservice's namespace" would configure the
+    host.  ``Microservice.open_namespace(allow_shared=True)`` opens it
+    anyway.  A configurator reports such an item FAILED, not PENDING.
+    """
 
 
 class DockerUnavailableError(ConnectionError, NslibError):

@@ -59,7 +59,12 @@ from typing import Any, Final, Self
 
 from . import _syscalls as sys_
 from ._docker_state import Change, EventKind, LabelTable, label_of, parse_time_ns
-from .errors import DockerUnavailableError, NamespaceNotFound, UnavailableMicroserviceError
+from .errors import (
+    DockerUnavailableError,
+    NamespaceNotFound,
+    SharedNamespaceError,
+    UnavailableMicroserviceError,
+)
 from .handle import NsHandle
 
 __all__ = [
@@ -84,6 +89,34 @@ _DEDUPE_SIZE = 4096
 _CLIENT_TIMEOUT = 10  # seconds per list/inspect request of a client we build
 _ID_RE = re.compile(r"[0-9a-f]{12,64}")
 _EVENTS = ["start", "die", "destroy", "remove"]  # "remove": podman's destroy
+
+
+def _stat_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+# The fallback for the host's namespace (see _host_ns_id): the process's own
+# (its main thread's) namespace when this module was first imported, i.e.
+# before the program had any chance to switch its main thread elsewhere.
+_HOME_NS_AT_IMPORT = _stat_id("/proc/self/ns/net")
+
+
+def _host_ns_id() -> tuple[int, int] | None:
+    """``(dev, ino)`` of the host's network namespace, as well as can be known.
+
+    PID 1's namespace when it can be read (in the host's PID namespace, that
+    is the host's).  PID 1's namespaces may be unreadable even to root (some
+    sandboxes); then the process's own namespace as captured at import, which
+    is right for a tracker running on the host network as documented, and
+    unaffected by any thread entering a namespace later.  Never the calling
+    thread's or the main thread's current namespace: either may be a
+    container's at the time of the call.
+    """
+    return _stat_id("/proc/1/ns/net") or _HOME_NS_AT_IMPORT
 
 
 def _ns_to_datetime(ns: int) -> datetime:
@@ -167,23 +200,26 @@ class Microservice:
         * ``--network container:X``: the namespace is X's, which is where the
           microservice's traffic lives; it is returned (see
           :attr:`shares_network`).
-        * As a last guard, a namespace equal to this process's own is refused
-          unless *allow_shared* (e.g. ``container:X`` with X on the host
-          network).
+        * As a last guard, the host's namespace is refused unless
+          *allow_shared* (e.g. ``container:X`` with X on the host network).
+          "The host's" is PID 1's namespace, or, where that cannot be read,
+          this process's own as it was when :mod:`nslib.microservice` was
+          first imported; what any thread has entered since does not matter.
 
         The check needs the container's ID in ``/proc/<pid>/cgroup`` as this
         process sees it (cgroupfs ``/…/<id>`` and systemd ``docker-<id>.scope``
         both qualify); a tracker inside its own cgroup namespace may not see
         it, and then this refuses.
 
-        :raises UnavailableMicroserviceError: the process is gone, belongs to
-            another container or to none (a reused PID), or the namespace is
-            shared and refused.
+        :raises SharedNamespaceError: the namespace is the host's and
+            *allow_shared* is false (an :class:`UnavailableMicroserviceError`).
+        :raises UnavailableMicroserviceError: the process is gone, or belongs
+            to another container or to none (a reused PID).
         :raises OSError: any other failure (e.g. ``PermissionError``).
         """
         what = f"microservice {self.label!r} (container {self.container_id[:12]}, pid {self.pid})"
         if self.network_mode == "host" and not allow_shared:
-            raise UnavailableMicroserviceError(
+            raise SharedNamespaceError(
                 f"{what} runs with --network host: its namespace is the host's; "
                 "pass allow_shared=True to open it anyway"
             )
@@ -210,17 +246,18 @@ class Microservice:
         handle = NsHandle._adopt(fd, what)
         if not allow_shared and self.network_mode != "host":
             try:
-                # /proc/self on purpose: the guard is about the *process's*
-                # (the host side's) namespace, whatever this thread entered.
-                mine = os.stat("/proc/self/ns/net")
-                same = handle.ns_id == (mine.st_dev, mine.st_ino)
+                # The host's namespace, not /proc/self's: that is the main
+                # thread's *current* one, which may be a container's (the main
+                # thread inside nslib.entered()), which would wrongly refuse
+                # that container and let the host's through.
+                same = handle.ns_id == _host_ns_id()
             except BaseException:
                 handle.close()
                 raise
             if same:
                 handle.close()
-                raise UnavailableMicroserviceError(
-                    f"{what}: its namespace is this process's own (shared network, "
+                raise SharedNamespaceError(
+                    f"{what}: its namespace is the host's (shared network, "
                     f"mode {self.network_mode!r}); pass allow_shared=True to open it anyway"
                 )
         return handle

@@ -588,3 +588,22 @@ def test_a_dead_worker_fails_its_items_and_is_replaced(
         assert time.monotonic() - t0 < 2
         veth.wait(APPLIED, timeout=5)  # the fresh worker retried the failed item too
         assert veth.error is None
+
+
+@pytest.mark.docker
+def test_a_refused_shared_namespace_is_failed_not_pending(
+    docker_client, ms_conf, home, unique
+) -> None:
+    """--network host: never configured (it is the host), and FAILED saying why."""
+    ms = NetNamespace.microservice(unique)
+    veth = ms_conf.add_veth("nlt-sh0", "nlt-sh0p", ns=ms)
+    assert veth.status is PENDING
+    c = _harness().run_container(docker_client, label=unique, network="host")
+    try:
+        veth.wait(FAILED, timeout=10)
+        assert isinstance(veth.error, nslib.SharedNamespaceError), veth.error
+        assert "network host" in str(veth.error)
+        assert "nlt-sh0p" not in nl.list_links(home)
+    finally:
+        c.remove(force=True)
+    veth.wait(PENDING, timeout=10)

@@ -766,7 +766,7 @@ def test_network_modes(tracked: Tracked, docker_client: Any, unique: str) -> Non
     on_host = run(docker_client, f"{unique}-onhost", network=f"container:{host.id}")
     ms_on_host = wait_until(lambda: t.snapshot().get(f"{unique}-onhost"), 10, "onhost")
     assert ms_on_host.container_id == on_host.id
-    with pytest.raises(nslib.UnavailableMicroserviceError, match="this process's own"):
+    with pytest.raises(nslib.SharedNamespaceError, match="the host's"):
         ms_on_host.open_namespace()
     with ms_on_host.open_namespace(allow_shared=True) as h:
         assert h.ns_id == HOST_NS
@@ -997,3 +997,57 @@ def test_not_started_and_bad_arguments() -> None:
         MicroserviceTracker(resync_interval=0)
     with pytest.raises(ValueError):
         MicroserviceTracker(since_margin=-1)
+
+
+class OnAnotherThread:
+    """Runs *fn* on a thread started now (so in this thread's current namespace), when called."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._go = threading.Event()
+        self._out: list[Any] = []
+
+        def main() -> None:
+            self._go.wait(30)
+            try:
+                self._out.append((True, fn()))
+            except BaseException as e:
+                self._out.append((False, e))
+
+        self._thread = threading.Thread(target=main, name="test-other")
+        self._thread.start()
+
+    def __call__(self) -> Any:
+        self._go.set()
+        self._thread.join(30)
+        ok, value = self._out[0]
+        if not ok:
+            raise value
+        return value
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_shared_guard_compares_with_the_host_not_the_main_thread(
+    tracked: Tracked, docker_client: Any, unique: str
+) -> None:
+    """The last guard is about the host's namespace, whatever the main thread entered."""
+    t = tracked.tracker
+    run(docker_client, f"{unique}-x")
+    host = run(docker_client, f"{unique}-host", network="host")
+    run(docker_client, f"{unique}-onhost", network=f"container:{host.id}")
+    wait_match(t, docker_client)
+    snap = t.snapshot()
+    ms_x, ms_on_host = snap[f"{unique}-x"], snap[f"{unique}-onhost"]
+    # The main thread inside the container's namespace: a worker thread may
+    # still open it (it is not the host's).
+    with ms_x.open_namespace() as xns:
+        call = OnAnotherThread(ms_x.open_namespace)
+        with nslib.entered(xns):
+            opened = call()
+        with opened:
+            assert opened.same_namespace(xns) and opened.ns_id != HOST_NS
+    # The main thread elsewhere: the host's namespace is still refused.
+    with nslib.NsHandle.new() as elsewhere:
+        call = OnAnotherThread(ms_on_host.open_namespace)
+        with nslib.entered(elsewhere), pytest.raises(nslib.SharedNamespaceError, match="host"):
+            call().close()
