@@ -52,7 +52,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
@@ -350,6 +350,8 @@ class _Resync:
 class _Subscription:
     callback: Callable[[MicroserviceEvent], object]
     cancelled: bool = False
+    running: bool = False  # a call is in progress (set and cleared under cond)
+    cond: threading.Condition = field(default_factory=threading.Condition)
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +450,7 @@ class MicroserviceTracker:
         self._max_seen_ns: int | None = None
         self._reconnect_gate: threading.Event | None = None
         self._threads: list[threading.Thread] = []
+        self._dispatcher: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -463,8 +466,11 @@ class MicroserviceTracker:
             if self._started:
                 raise RuntimeError("this MicroserviceTracker was started already")
             self._started = True
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_main, name="nslib-ms-dispatch", daemon=True
+        )
         self._threads = [
-            threading.Thread(target=self._dispatch_main, name="nslib-ms-dispatch", daemon=True),
+            self._dispatcher,
             threading.Thread(target=self._worker_main, name="nslib-ms-worker", daemon=True),
             threading.Thread(target=self._reader_main, name="nslib-ms-reader", daemon=True),
         ]
@@ -650,8 +656,14 @@ class MicroserviceTracker:
 
         Callbacks run on the dispatcher thread (see the class docs); an
         exception is logged to the ``nslib.microservice`` logger and counted
-        in :meth:`health`, and the tracker carries on.  Calling the returned
-        function (idempotent) guarantees no further call starts.
+        in :meth:`health`, and the tracker carries on.
+
+        The returned function (idempotent) cancels the subscription: once it
+        returns, no call of *callback* is running and none will start.  It
+        waits for a call in progress, so do not call it while holding a lock
+        the callback takes.  Called from inside a callback (the dispatcher
+        thread, which runs one callback at a time) it does not wait: the
+        current call simply runs to its end.
         """
         sub = _Subscription(callback)
         with self._lock:
@@ -667,7 +679,12 @@ class MicroserviceTracker:
             self._dispatch_q.put(_Subscribe(sub, tuple(events)))
 
         def unsubscribe() -> None:
-            sub.cancelled = True
+            with sub.cond:
+                # The dispatcher checks `cancelled` and marks a call `running`
+                # under this same lock: from here on no call starts.
+                sub.cancelled = True
+                if threading.current_thread() is not self._dispatcher:
+                    sub.cond.wait_for(lambda: not sub.running)
 
         return unsubscribe
 
@@ -705,6 +722,10 @@ class MicroserviceTracker:
     def _api(self) -> Any:
         client = self._client
         if client is None:
+            # stop() drops (and closes) the client: a call in flight then must
+            # not build a new one, which could wait _CLIENT_TIMEOUT seconds.
+            if self._stopping.is_set():
+                raise DockerUnavailableError("the microservice tracker is stopping")
             import docker  # lazily: `import nslib` must not load docker
 
             # from_env() asks the daemon for its API version, so it raises
@@ -955,6 +976,10 @@ class MicroserviceTracker:
                 continue
             truth[cid] = self._microservice(info)
         with self._lock:
+            # stop() (which sets _stopping under this lock) may have run
+            # while we inspected: the map stays as stop() left it.
+            if self._stopping.is_set():
+                return True
             changes = self._table.update(truth)
             self._table.forget(gone)
             self._publish(changes, cause)
@@ -983,6 +1008,8 @@ class MicroserviceTracker:
             self._note_error(f"resync with docker failed: {_describe(e)}")
             return False
         with self._lock:
+            if self._stopping.is_set():  # as in _apply_events: frozen at stop()
+                return True
             changes = self._table.replace(running)
             self._counters.resyncs += 1
             self._publish(changes, {})
@@ -1055,14 +1082,20 @@ class MicroserviceTracker:
                     self._deliver(sub, item)
 
     def _deliver(self, sub: _Subscription, ev: MicroserviceEvent) -> None:
-        if sub.cancelled or self._stopping.is_set():
-            return
-        try:
+        with sub.cond:  # see unsubscribe(): check and mark as one step
+            if sub.cancelled or self._stopping.is_set():
+                return
+            sub.running = True
+        try:  # not under sub.cond: the callback may unsubscribe itself
             sub.callback(ev)
         except Exception:
             _log.exception("microservice callback %r failed on %s", sub.callback, ev.kind.name)
             with self._lock:
                 self._counters.callback_errors += 1
+        finally:
+            with sub.cond:
+                sub.running = False
+                sub.cond.notify_all()
 
     def __repr__(self) -> str:
         h = self.health()

@@ -1051,3 +1051,134 @@ def test_shared_guard_compares_with_the_host_not_the_main_thread(
         call = OnAnotherThread(ms_on_host.open_namespace)
         with nslib.entered(elsewhere), pytest.raises(nslib.SharedNamespaceError, match="host"):
             call().close()
+
+
+class GatedApi:
+    """A real docker client whose ``inspect_container`` answers about containers
+    labelled *label* are held at a gate.
+
+    Every call still goes to the daemon; the gate only pins down a race.
+    """
+
+    def __init__(self, client: Any, label: str) -> None:
+        self._api = client.api
+        self.label = f"{LABEL_ENV}={label}"
+        self.held = threading.Event()
+        self.gate = threading.Event()
+
+    @property
+    def api(self) -> GatedApi:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def inspect_container(self, cid: str) -> Any:
+        info = self._api.inspect_container(cid)
+        if self.label in (info["Config"]["Env"] or []):
+            self.held.set()
+            self.gate.wait(10)
+        return info
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_no_map_change_after_stop(dockerd: Any, docker_client: Any, unique: str) -> None:
+    """An inspect in flight when stop() runs must not change the map afterwards."""
+    client = dockerd.client()
+    gated = GatedApi(client, unique)
+    t = MicroserviceTracker(gated)
+    try:
+        t.start()
+        assert t.wait_in_sync(15), t.health()
+        run(docker_client, unique)  # its start event: the worker inspects, held at the gate
+        assert gated.held.wait(10)
+        frozen = t.snapshot()
+        assert unique not in frozen
+
+        def release() -> None:  # let the inspect answer once stop() has begun
+            t._stopping.wait(10)
+            gated.gate.set()
+
+        releaser = threading.Thread(target=release)
+        releaser.start()
+        t.stop()
+        releaser.join()
+        wait_until(
+            lambda: not [th for th in threading.enumerate() if th.name == "nslib-ms-worker"],
+            5,
+            "worker gone",
+        )
+        assert t.snapshot() == frozen
+    finally:
+        gated.gate.set()
+        t.stop()
+        client.close()
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_no_new_client_after_stop(
+    dockerd: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """After stop() a worker still in flight must not build a client (docker.from_env()
+    waits up to 10 s for a daemon that does not answer)."""
+    import socket
+
+    monkeypatch.setenv("DOCKER_HOST", dockerd.base_url)
+    t = MicroserviceTracker()  # builds (and owns) its client
+    t.start()
+    try:
+        assert t.wait_in_sync(15), t.health()
+    finally:
+        t.stop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        path = str(tmp_path / "silent.sock")
+        silent.bind(path)
+        silent.listen(8)  # connects succeed, nothing ever answers
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+        t0 = time.monotonic()
+        with pytest.raises(nslib.DockerUnavailableError, match="stop"):
+            t._api()  # what a worker in flight at stop() calls next
+        assert time.monotonic() - t0 < 1
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_unsubscribe_waits_for_a_running_callback(
+    tracked: Tracked, docker_client: Any, unique: str
+) -> None:
+    t = tracked.tracker
+    inside, gate = threading.Event(), threading.Event()
+    calls: list[MicroserviceEvent] = []
+
+    def slow(ev: MicroserviceEvent) -> None:
+        calls.append(ev)
+        inside.set()
+        gate.wait(10)
+        calls.append(ev)  # the end of the call
+
+    unsub = t.subscribe(slow)
+    run(docker_client, f"{unique}-1")
+    assert inside.wait(10)
+    returned = threading.Event()
+    unsubscriber = threading.Thread(target=lambda: (unsub(), returned.set()))
+    unsubscriber.start()
+    assert not returned.wait(0.3), "unsubscribe returned while the callback was still running"
+    gate.set()
+    unsubscriber.join(5)
+    assert returned.is_set() and len(calls) == 2
+    run(docker_client, f"{unique}-2")
+    tracked.log.wait_kinds(f"{unique}-2", ["STARTED"])
+    tracked.log.wait_replay(t)
+    assert len(calls) == 2  # nothing after unsubscribe returned
+    # From inside a callback (the dispatcher thread): no deadlock.
+    box: dict[str, Any] = {}
+
+    def self_unsub(ev: MicroserviceEvent) -> None:
+        box["unsub"]()
+        box["done"] = True
+
+    box["unsub"] = t.subscribe(self_unsub)
+    run(docker_client, f"{unique}-3")
+    wait_until(lambda: box.get("done"), 10, "the callback to unsubscribe itself")
