@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._docker_state import label_of
 from .names import DEFAULT_RUN_DIR
 
 __all__ = [
@@ -97,8 +98,8 @@ class ContainerEntry:
     id: str
     name: str
     pid: int
-    #: The microservice label (``MICROSERVICE_LABEL`` in its environment, or the
-    #: configured docker label), if any.
+    #: The microservice label, if any, by the tracker's rule: ``MICROSERVICE_LABEL``
+    #: in its environment, else the configured docker label (an empty value is none).
     label: str | None
     #: docker's ``HostConfig.NetworkMode`` (``host`` and ``container:X`` share).
     network_mode: str
@@ -450,8 +451,10 @@ def inventory(
         an unreachable daemon is reported in :attr:`Inventory.docker`, never
         raised, and costs at most about *docker_timeout* seconds.
     :param label_env: the environment variable naming a microservice.
-    :param label_key: a docker label naming a microservice (checked first),
-        as :class:`~nslib.MicroserviceTracker` accepts.
+    :param label_key: a docker label naming a microservice, used when the
+        environment variable is absent or empty; the same rule as
+        :class:`~nslib.MicroserviceTracker` (the last ``label_env`` entry
+        wins, an empty value is no label).
     :param sockets: also find namespaces held only by sockets (slower; see
         the module docstring).
     :param nsid: look up each namespace's nsid in the caller's namespace.
@@ -662,18 +665,13 @@ def _containers(
             pid = int(attrs.get("State", {}).get("Pid") or 0)
             if pid <= 0:
                 continue
-            config = attrs.get("Config") or {}
-            label = (config.get("Labels") or {}).get(label_key) if label_key else None
-            for item in config.get("Env") or []:
-                key, _, value = item.partition("=")
-                if label is None and key == label_env:
-                    label = value
             found.append(
                 ContainerEntry(
                     id=c.id,
                     name=(attrs.get("Name") or "").lstrip("/"),
                     pid=pid,
-                    label=label,
+                    # The tracker's own rule, so `nslib ls` and `nslib ms ls` agree.
+                    label=label_of(attrs, label_env, label_key),
                     network_mode=attrs.get("HostConfig", {}).get("NetworkMode") or "",
                 )
             )

@@ -259,3 +259,35 @@ def test_containers_are_attached_to_their_namespace(
         no_duplicates(inv)
     finally:
         c.remove(force=True)
+
+
+@pytest.mark.docker
+def test_container_labels_agree_with_the_tracker(
+    dockerd: Any, docker_client: Any, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    """`nslib ls` and `nslib ms ls` must name the same microservice for every container."""
+    from dockerd import TEST_IMAGE, TEST_LABEL, run_container
+
+    key = "org.nslib.test.ms"
+    # The env var wins over the docker label, as in the tracker.
+    both = run_container(docker_client, label=f"{unique}-e", labels={key: f"{unique}-l"})
+    # An empty value is no label (and does not hide the docker label).
+    empty = run_container(docker_client, env={"MICROSERVICE_LABEL": ""}, labels={key: unique})
+    # Duplicate entries: the last one wins, as in the container's process.
+    dup = docker_client.api.create_container(
+        TEST_IMAGE,
+        environment=[f"MICROSERVICE_LABEL={unique}-1", f"MICROSERVICE_LABEL={unique}-2"],
+        labels={TEST_LABEL: str(os.getpid())},
+        host_config=docker_client.api.create_host_config(network_mode="none"),
+    )["Id"]
+    docker_client.api.start(dup)
+    monkeypatch.setenv("DOCKER_HOST", dockerd.base_url)
+    inv = inventory(label_key=key, nsid=False)
+    assert inv.docker == "ok"
+    listed = {c.id: c.label for ns in inv for c in ns.containers}
+    with nslib.MicroserviceTracker(docker_client, label_key=key) as t:
+        assert t.wait_in_sync(15), t.health()
+        tracked = {ms.container_id: label for label, ms in t.snapshot().items()}
+    assert listed[both.id] == tracked[both.id] == f"{unique}-e"
+    assert listed[empty.id] == tracked[empty.id] == unique
+    assert listed[dup] == tracked[dup] == f"{unique}-2"
