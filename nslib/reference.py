@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import InvalidReference, UnavailableMicroserviceError
+from .errors import DockerUnavailableError, InvalidReference, UnavailableMicroserviceError
 from .handle import NsHandle
 from .names import validate_name
 
@@ -169,7 +169,10 @@ def open_namespace(
     (a :class:`~nslib.MicroserviceTracker`).
 
     :raises NamespaceNotFound: the process, file or named namespace is missing.
-    :raises UnavailableMicroserviceError: no running container holds the label.
+    :raises UnavailableMicroserviceError: no running container holds the
+        label, there is no *tracker*, or the tracker has never been in sync
+        with docker (its :class:`~nslib.DockerUnavailableError` is the
+        ``__cause__``, as :class:`~nslib.NsPlugin` does).
     :raises InvalidReference: an UNDEFINED reference.
     """
     t = ref.type
@@ -186,7 +189,12 @@ def open_namespace(
             raise UnavailableMicroserviceError(
                 f"{ref}: resolving a microservice needs a tracker (tracker=MicroserviceTracker())"
             )
-        ms = tracker.get(ref.reference)
+        try:
+            ms = tracker.get(ref.reference)
+        except DockerUnavailableError as e:
+            # As NsPlugin does: to the caller the microservice is unavailable;
+            # why (docker never reached) stays in the chained cause.
+            raise UnavailableMicroserviceError(f"{ref}: {e}") from e
         if ms is None:
             raise UnavailableMicroserviceError(f"{ref}: no running container holds this label")
         return ms.open_namespace()

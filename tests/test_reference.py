@@ -268,3 +268,20 @@ def test_entered_accepts_a_reference(fd_baseline: set[int], home_ns: tuple[int, 
             assert thread_ns() == ns.ns_id
         assert h.closed  # entered() opened it, so entered() closed it
     assert thread_ns() == home_ns
+
+
+def test_open_microservice_with_a_tracker_never_in_sync(tmp_path: object) -> None:
+    """As NsPlugin: a tracker that never synced is an unavailable microservice,
+    with docker's reason chained."""
+    import docker
+
+    client = docker.DockerClient(base_url=f"unix://{tmp_path}/absent.sock", version="1.41")
+    tracker = nslib.MicroserviceTracker(client)
+    tracker.start()
+    tracker.stop()  # never in sync: get() raises at once
+    try:
+        with pytest.raises(UnavailableMicroserviceError, match="ms:web") as info:
+            open_namespace(NetNamespace.microservice("web"), tracker=tracker)
+        assert isinstance(info.value.__cause__, nslib.DockerUnavailableError)
+    finally:
+        client.close()
