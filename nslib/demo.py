@@ -179,10 +179,11 @@ def _run(
         print(f"[{steps.n}/{steps.total}] microservice: skipped, docker is not available: {why}")
         print("      (the namespace part above ran in full)")
     else:
-        try:
-            _microservice(steps, client, tag, L, cleanup)
-        finally:
-            cleanup.append(("close docker client", client.close))
+        # Registered before anything that uses the client, so that it runs
+        # after them (cleanup runs in reverse): the container's removal and
+        # the tracker's stop still talk to docker through it.
+        cleanup.append(("close docker client", client.close))
+        _microservice(steps, client, tag, L, cleanup)
 
     with steps.step("nslib ls (every network namespace on this host)"):
         print()

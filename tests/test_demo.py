@@ -60,6 +60,15 @@ def test_demo_runs_end_to_end_and_leaves_nothing() -> None:
     assert "[8/8] nslib ls" in out
     assert "host left as found" in out
     assert _demo_leftovers() == []
+    # The docker client is closed after everything that uses it (the
+    # container's removal, the tracker's stop); only namespaces go after it.
+    teardown = out.split("\nteardown:", 1)[1].splitlines()
+    undone = [line.strip()[2:] for line in teardown if line.startswith("  - ")]
+    docker_steps = [u for u in undone if "namespace" not in u]
+    assert docker_steps[-1] == "close docker client", undone
+    assert any(u.startswith("remove container") for u in docker_steps[:-1]), undone
+    assert "stop tracker" in docker_steps[:-1], undone
+    assert not [u for u in undone if "FAILED" in u], undone
 
 
 def test_demo_without_docker_still_builds_the_namespace_part() -> None:
