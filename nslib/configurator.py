@@ -71,6 +71,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import netlink as nl
 from ._docker_state import EventKind
+from ._procfs import nsfs_dev
 from .errors import (
     InvalidReference,
     LinkExists,
@@ -761,7 +762,6 @@ class Configurator:
         self._seen: dict[NetNamespace, tuple[int, int] | None] = {}
         self._closed = False
         self._stop = threading.Event()
-        self._nsfs_dev = os.stat("/proc/thread-self/ns/net").st_dev
         tracker: Any = plugin.tracker
         self._unsubscribe: Callable[[], None] | None = None
         if tracker is not None and hasattr(tracker, "subscribe"):
@@ -1051,7 +1051,7 @@ class Configurator:
             st = os.stat(self._path_of(ref))
         except (OSError, ValueError):
             return None
-        if st.st_dev != self._nsfs_dev:
+        if st.st_dev != nsfs_dev():
             return None  # missing, or a placeholder not mounted yet (pitfall 14)
         return (st.st_dev, st.st_ino)
 

@@ -7,9 +7,10 @@ at every kind of holder the kernel exposes and deduplicates namespaces by
 * threads: ``/proc/<pid>/task/<tid>/ns/net`` for every thread of every
   process (a thread switched into a namespace holds it as much as a whole
   process does; ``ip netns pids`` only looks at the main thread);
-* bind mounts: every ``nsfs`` mount in ``/proc/self/mountinfo`` (named
-  namespaces under the run directory, ``/run/docker/netns/*``, anywhere),
-  plus those in other mount namespaces that are not mere copies of ours;
+* bind mounts: every ``nsfs`` mount in the calling thread's mount namespace
+  (``/proc/thread-self/mountinfo``: named namespaces under the run
+  directory, ``/run/docker/netns/*``, anywhere), plus those in other mount
+  namespaces that are not mere copies of ours;
 * open fds: ``/proc/<pid>/fd/*`` whose link reads ``net:[<ino>]``;
 * sockets (opt-in, ``sockets=True``): a socket keeps the namespace it was
   created in alive.  The only way to learn which one is ``SIOCGSKNS`` on
@@ -39,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._docker_state import label_of
+from ._procfs import unescape_mount_field
 from .names import DEFAULT_RUN_DIR
 
 __all__ = [
@@ -287,14 +289,16 @@ class _Scan:
     # Mounts -------------------------------------------------------------------
 
     def mounts(self, pids: list[int]) -> None:
+        # thread-self, not self: the mount namespace is per thread, and the
+        # caller's own is this thread's (/proc/self is the main thread's).
         own = set()
-        for mp, key in _nsfs_mounts("/proc/self/mountinfo"):
+        for mp, key in _nsfs_mounts("/proc/thread-self/mountinfo"):
             own.add((mp, key))
             self._mount(key, MountEntry(mp), mp)
         # Other mount namespaces: one reader per namespace.  Their copies of
         # our mounts (every `ip netns exec` child has them) are not news.
         try:
-            mine = os.stat("/proc/self/ns/mnt").st_ino
+            mine = os.stat("/proc/thread-self/ns/mnt").st_ino
         except OSError:
             mine = None
         others: dict[int, int] = {}
@@ -502,39 +506,22 @@ def _command(pid: int, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    if "\\" not in field:
-        return field
-    out = bytearray()
-    raw = field.encode("utf-8", "surrogateescape")
-    i = 0
-    while i < len(raw):
-        if raw[i : i + 1] == b"\\" and raw[i + 1 : i + 4].isdigit():
-            out.append(int(raw[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return out.decode("utf-8", "surrogateescape")
-
-
 def _nsfs_mounts(path: str) -> list[tuple[str, NsId]]:
     """``(mount point, (dev, ino))`` of every network-namespace nsfs mount."""
     found = []
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    with open(path, "rb") as f:
         for line in f:
-            left, sep, right = line.partition(" - ")
-            if not sep or not right.startswith("nsfs "):
+            left, sep, right = line.partition(b" - ")
+            if not sep or not right.startswith(b"nsfs "):
                 continue
             fields = left.split()
             # 3: major:minor, 4: root inside the fs ("net:[ino]"), 5: mount point
             root = fields[3]
-            if not root.startswith("net:[") or not root.endswith("]"):
+            if not root.startswith(b"net:[") or not root.endswith(b"]"):
                 continue
-            major, minor = fields[2].split(":")
+            major, minor = fields[2].split(b":")
             key = (os.makedev(int(major), int(minor)), int(root[5:-1]))
-            found.append((_unescape(fields[4]), key))
+            found.append((unescape_mount_field(fields[4]), key))
     return found
 
 

@@ -34,11 +34,11 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import stat
 from dataclasses import dataclass
 
 from . import _syscalls as sys_
+from ._procfs import nsfs_dev, unescape_mount_field
 from .errors import InvalidReference, NamespaceExists, NamespaceNotFound, NotANamespace, oserror
 from .handle import NsHandle
 from .names import DEFAULT_RUN_DIR, validate_name
@@ -60,17 +60,6 @@ __all__ = [
 _O_PLACEHOLDER = os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_PEEK = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-_nsfs: int | None = None
-
-
-def _nsfs_dev() -> int:
-    # Every namespace file lives on the one internal nsfs superblock, so a
-    # stat() whose st_dev is nsfs's means "a namespace is mounted here".
-    global _nsfs
-    if _nsfs is None:
-        _nsfs = os.stat("/proc/thread-self/ns/net").st_dev
-    return _nsfs
 
 
 def _dir(run_dir: str | None) -> str:
@@ -471,7 +460,7 @@ def pids(name: str, *, run_dir: str | None = None) -> builtins.list[int]:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r}", path) from None
-    if st.st_dev != _nsfs_dev():
+    if st.st_dev != nsfs_dev():
         raise NotANamespace(f"{path} is a stale placeholder, not a mounted namespace")
     key = (st.st_dev, st.st_ino)
     found = []
@@ -524,7 +513,7 @@ def stale(*, run_dir: str | None = None) -> builtins.list[str]:
     Placeholders whose :func:`create` is still in progress are not listed.
     """
     d = _dir(run_dir)
-    nsfs = _nsfs_dev()
+    nsfs = nsfs_dev()
     out = []
     for n, st in _scan(d, follow=False):
         if st.st_dev == nsfs or not stat.S_ISREG(st.st_mode):
@@ -560,7 +549,7 @@ def repair(name: str, *, run_dir: str | None = None) -> None:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r} in {d}", path) from None
-    if st.st_dev == _nsfs_dev():
+    if st.st_dev == nsfs_dev():
         raise NamespaceExists(
             errno.EEXIST,
             f"{name!r} is a mounted namespace, not a stale placeholder (delete() removes it)",
@@ -656,14 +645,6 @@ class RunDirStatus:
         return tuple(out)
 
 
-_OCTAL = re.compile(rb"\\([0-7]{3})")
-
-
-def _unescape(field: bytes) -> str:
-    # mountinfo writes space, tab, newline and backslash as \ooo (octal).
-    return os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), field))
-
-
 def run_dir_status(run_dir: str | None = None) -> RunDirStatus:
     """Diagnose the run directory's mount: whether it exists and is shared.
 
@@ -687,7 +668,7 @@ def run_dir_status(run_dir: str | None = None) -> RunDirStatus:
         for line in f:
             fields = line.split()
             mnt_id, parent = int(fields[0]), int(fields[1])
-            point = _unescape(fields[4])
+            point = unescape_mount_field(fields[4])
             peer = None
             for opt in fields[6 : fields.index(b"-")]:
                 if opt.startswith(b"shared:"):

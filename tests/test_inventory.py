@@ -291,3 +291,39 @@ def test_container_labels_agree_with_the_tracker(
     assert listed[both.id] == tracked[both.id] == f"{unique}-e"
     assert listed[empty.id] == tracked[empty.id] == unique
     assert listed[dup] == tracked[dup] == f"{unique}-2"
+
+
+def test_the_calling_threads_mount_namespace_is_the_one_read(tmp_path: Path) -> None:
+    """Mount namespaces are per thread: a mount only the calling thread's mount
+    namespace has must be listed as the caller's own (``via_pid`` None)."""
+    from nslib import _syscalls as sys_
+
+    clone_newns = 0x00020000
+    target = tmp_path / "pinned here"  # a space: mountinfo escapes it
+    target.touch()
+    out: list[Any] = []
+
+    def in_private_mount_ns() -> None:
+        try:
+            sys_.unshare(clone_newns, "unshare the mount namespace")
+            # Nothing this thread mounts may propagate back to the host.
+            sys_.mount(b"none", b"/", b"", sys_.MS_REC | sys_.MS_PRIVATE, "make / private")
+            with nslib.NsHandle.new() as h:
+                src = b"/proc/thread-self/fd/%d" % h.fileno()
+                sys_.mount(src, os.fsencode(target), b"", sys_.MS_BIND, "bind")
+                key = h.ns_id
+            out.append((key, inventory(docker=False, nsid=False)))
+        except BaseException as e:
+            out.append(e)
+
+    # The thread ends with its mount namespace, and the bind mount goes with it.
+    t = threading.Thread(target=in_private_mount_ns)
+    t.start()
+    t.join(30)
+    [result] = out
+    assert not isinstance(result, BaseException), result
+    key, inv = result
+    ns = inv.get(key)
+    assert ns is not None, "the mount in the calling thread's mount namespace was missed"
+    assert [(m.path, m.via_pid) for m in ns.mounts] == [(str(target), None)]
+    assert ns.held_by == ("mounts",)
