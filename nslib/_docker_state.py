@@ -206,11 +206,11 @@ class LabelTable(Generic[T]):
                 again = self._last_holder.pop(label, None) == new.container_id
                 out.append(Change(EventKind.RESTARTED if again else EventKind.STARTED, label, new))
             elif instance_key(prev) != instance_key(new):
-                if prev.container_id == new.container_id:  # not reachable through update()
-                    out.append(Change(EventKind.STOPPED, label, prev))
-                    out.append(Change(EventKind.RESTARTED, label, new))
-                else:
-                    out.append(Change(EventKind.STARTED, label, new))
+                # A new run of the *same* container cannot get here: update()
+                # removes the old run and settles its label (STOPPED) before it
+                # adds the new one, so prev is then None (RESTARTED above).
+                assert prev.container_id != new.container_id, (prev, new)
+                out.append(Change(EventKind.STARTED, label, new))
             self._winners[label] = new
             keys = frozenset(instance_key(c) for c in claim)
             if len(claim) >= 2 and keys != self._claim_keys.get(label):
