@@ -35,6 +35,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -451,9 +452,12 @@ def inventory(
 
     :param run_dir: where named namespaces live (default ``/run/netns``);
         nsfs mounts directly in it give :attr:`NamespaceInfo.names`.
-    :param docker: ask the docker daemon (``DOCKER_HOST``) for containers;
-        an unreachable daemon is reported in :attr:`Inventory.docker`, never
-        raised, and costs at most about *docker_timeout* seconds.
+    :param docker: ask the docker daemon (``DOCKER_HOST``) for containers.
+        An unreachable daemon is reported in :attr:`Inventory.docker`, never
+        raised.  Every request to it shares one deadline, so asking costs at
+        most about *docker_timeout* seconds in all; a daemon too slow for it
+        yields the containers inspected in time and a ``"too slow: ..."``
+        status.
     :param label_env: the environment variable naming a microservice.
     :param label_key: a docker label naming a microservice, used when the
         environment variable is absent or empty; the same rule as
@@ -635,36 +639,68 @@ def _get_nsid(nl: socket.socket, fd: int, seq: int) -> int | None:
 def _containers(
     timeout: float, label_env: str, label_key: str | None
 ) -> tuple[list[ContainerEntry], str]:
-    """Running containers, or ``([], why not)``; never raises, never hangs."""
+    """Running containers and ``"ok"``, or what could be had and why not; never raises.
+
+    The whole exchange (the client's version check, the list, one inspect
+    per container) shares one deadline of *timeout* seconds: docker-py
+    reads ``api.timeout`` at every request, so each one is given only what
+    is left.  (``containers.list()`` would inspect every container with a
+    full *timeout* of its own.)
+    """
     try:
         import docker
+        import docker.errors
+        import requests.exceptions
     except ImportError:
         return [], "docker SDK not installed"
+    deadline = time.monotonic() + timeout
     try:
         client = docker.from_env(timeout=timeout)
     except Exception as e:
         return [], f"not reachable: {_short(e)}"
+    api = client.api
+    found: list[ContainerEntry] = []
+    listed: list[dict[str, Any]] | None = None
+    answered = 0
     try:
-        client.ping()
-        found = []
-        for c in client.containers.list():
-            attrs = c.attrs
-            pid = int(attrs.get("State", {}).get("Pid") or 0)
+        api.timeout = deadline - time.monotonic()
+        if api.timeout <= 0:
+            raise TimeoutError
+        listed = api.containers()  # running ones, one request
+        for entry in listed:
+            api.timeout = deadline - time.monotonic()
+            if api.timeout <= 0:
+                raise TimeoutError
+            try:
+                attrs = api.inspect_container(entry["Id"])
+            except docker.errors.NotFound:
+                answered += 1
+                continue  # removed since the list
+            answered += 1
+            pid = int((attrs.get("State") or {}).get("Pid") or 0)
             if pid <= 0:
                 continue
             found.append(
                 ContainerEntry(
-                    id=c.id,
+                    id=str(attrs["Id"]),
                     name=(attrs.get("Name") or "").lstrip("/"),
                     pid=pid,
                     # The tracker's own rule, so `nslib ls` and `nslib ms ls` agree.
                     label=label_of(attrs, label_env, label_key),
-                    network_mode=attrs.get("HostConfig", {}).get("NetworkMode") or "",
+                    network_mode=(attrs.get("HostConfig") or {}).get("NetworkMode") or "",
                 )
             )
         return found, "ok"
     except Exception as e:
-        return [], f"not reachable: {_short(e)}"
+        timed_out = isinstance(e, TimeoutError | requests.exceptions.Timeout)
+        if not timed_out and time.monotonic() < deadline:
+            return found, f"not reachable: {_short(e)}"
+        if listed is None:
+            return found, f"too slow: no container list within {timeout:g} s"
+        return found, (
+            f"too slow: {len(listed) - answered} of {len(listed)} running containers "
+            f"not inspected within {timeout:g} s"
+        )
     finally:
         client.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -327,3 +328,78 @@ def test_the_calling_threads_mount_namespace_is_the_one_read(tmp_path: Path) -> 
     assert ns is not None, "the mount in the calling thread's mount namespace was missed"
     assert [(m.path, m.via_pid) for m in ns.mounts] == [(str(target), None)]
     assert ns.held_by == ("mounts",)
+
+
+@contextlib.contextmanager
+def slow_link_to(upstream: str, delay: float, directory: Path) -> Iterator[str]:
+    """A unix socket in front of the daemon at *upstream* that delays every
+    request by *delay* seconds (a slow or overloaded daemon); yields its URL."""
+    path = str(directory / "slow.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(16)
+    socks: list[socket.socket] = [server]
+    threads: list[threading.Thread] = []
+
+    def pipe(src: socket.socket, dst: socket.socket, slow: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if slow:
+                    time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # closed: the test is over
+            daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            daemon.connect(upstream)
+            socks.extend((client, daemon))
+            for args in ((client, daemon, True), (daemon, client, False)):
+                t = threading.Thread(target=pipe, args=args, daemon=True)
+                t.start()
+                threads.append(t)
+
+    acceptor = threading.Thread(target=serve, daemon=True)
+    acceptor.start()
+    try:
+        yield f"unix://{path}"
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        acceptor.join(5)
+        for t in threads:
+            t.join(5)
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.docker
+def test_a_slow_daemon_costs_at_most_docker_timeout(
+    dockerd: Any, docker_client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, unique: str
+) -> None:
+    """docker_timeout bounds the whole docker part, not each of its requests."""
+    from dockerd import run_container
+
+    ids = [run_container(docker_client, label=f"{unique}-{i}").id for i in range(6)]
+    with slow_link_to(dockerd.socket_path, 0.3, tmp_path) as url:
+        monkeypatch.setenv("DOCKER_HOST", url)
+        t0 = time.monotonic()
+        inv = inventory(docker_timeout=1.0, nsid=False)
+        took = time.monotonic() - t0
+    # Per request, this is 0.3 s for the version check, 0.3 s for the list
+    # and 0.3 s for each of the 6 inspects: 2.4 s and more.
+    assert took < 1.8, f"{took:.2f} s for docker_timeout=1.0; docker: {inv.docker}"
+    assert inv.docker.startswith("too slow:"), inv.docker
+    shown = {c.id for ns in inv for c in ns.containers}
+    assert not set(ids) <= shown  # cut short: what was inspected in time is shown
