@@ -202,7 +202,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
             f"namespaces only they hold are not shown{hint}"
         )
     if not args.no_docker and inv.docker != "ok":
-        notes.append(f"containers not shown: docker {inv.docker}")
+        shown = sum(len(ns.containers) for ns in inv.namespaces)
+        head = f"only {shown} containers shown" if shown else "containers not shown"
+        notes.append(f"{head}: docker {inv.docker}")
     for note in notes:
         sys.stderr.write(f"nslib: note: {note}\n")
     return EXIT_OK
