@@ -35,6 +35,11 @@ if ! { command -v dockerd && command -v containerd && command -v docker; } >/dev
     missing+=(docker.io apparmor)
 fi
 installed busybox-static || missing+=(busybox-static)
+# CNI reference plugins (/usr/lib/cni), podman and util-linux's nsenter/lsns: the
+# CNI, podman/containerd and namespace-kind tests drive them for real.
+installed containernetworking-plugins || missing+=(containernetworking-plugins)
+command -v podman >/dev/null || missing+=(podman)
+{ command -v nsenter && command -v lsns; } >/dev/null || missing+=(util-linux)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v gcc >/dev/null || missing+=(gcc)
 py_include() { "$python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])'; }
