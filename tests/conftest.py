@@ -22,14 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import (
+    IN_CI,
+    PREFIX,
+    describe_fd,
+    docker_client_of,
+    host_netns_names,
+    missing,
+    open_fds,
+    plugin_in,
+    thread_ns,
+    unmount_tree,
+)
 from hypothesis import HealthCheck, settings
 
 import nslib
 from nslib import NsPlugin
 from nslib.plugin import Config
 from nslib.process import ETC_NETNS_DIR
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 settings.register_profile(
     "default", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -43,52 +53,14 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "default"))
 
 
-def _missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true and {reason}: this test must run in CI", pytrace=False)
-    pytest.skip(reason)
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") and os.geteuid() != 0:
-        _missing("needs root (CAP_SYS_ADMIN)")
+        missing("needs root (CAP_SYS_ADMIN)")
     if item.get_closest_marker("docker") and shutil.which("dockerd") is None:
-        _missing("needs dockerd (scripts/host-setup.sh installs it)")
+        missing("needs dockerd (scripts/host-setup.sh installs it)")
 
 
 # -- accounting -------------------------------------------------------------
-
-
-def open_fds() -> set[int]:
-    """The process's open fds (the listing's own fd excluded)."""
-    fds = set()
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            os.fstat(fd)
-        except OSError:
-            continue  # the directory fd listdir used, already closed
-        fds.add(fd)
-    return fds
-
-
-def thread_ns() -> tuple[int, int]:
-    """``(st_dev, st_ino)`` of the calling thread's namespace."""
-    st = os.stat("/proc/thread-self/ns/net")
-    return (st.st_dev, st.st_ino)
-
-
-def wait_for_exe(pid: int, suffix: str, timeout: float = 10.0) -> None:
-    """Wait until process *pid* has exec'd a binary whose path ends with *suffix*.
-
-    Gives up silently after *timeout*: the caller checks what it needs.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/exe").endswith(suffix):
-                return
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -113,15 +85,8 @@ def fd_baseline() -> Iterator[set[int]]:
             break
         time.sleep(0.02)
     assert not leaked, f"leaked fds: {sorted(leaked)} -> " + ", ".join(
-        _describe_fd(fd) for fd in sorted(leaked)
+        describe_fd(fd) for fd in sorted(leaked)
     )
-
-
-def _describe_fd(fd: int) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return "?"
 
 
 @pytest.fixture
@@ -134,30 +99,11 @@ def home_ns() -> Iterator[tuple[int, int]]:
 
 # -- names and namespaces the tests own -------------------------------------
 
-#: Every namespace, link and container the suite makes starts with this.
-PREFIX = f"nslt{os.getpid() % 100000}"
-
 
 @pytest.fixture
 def unique() -> str:
     """A short unique name with the suite's prefix (fits IFNAMSIZ)."""
     return f"{PREFIX}{uuid.uuid4().hex[:6]}"[:15]
-
-
-def _mounts_under(path: str) -> list[str]:
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mnt = line.split()[4].replace("\\040", " ")
-            if mnt == path or mnt.startswith(path.rstrip("/") + "/"):
-                found.append(mnt)
-    return found
-
-
-def unmount_tree(path: str) -> None:
-    """Detach every mount at or below *path*, deepest first."""
-    for mnt in sorted(set(_mounts_under(path)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
 
 
 @pytest.fixture
@@ -201,17 +147,6 @@ def etc_netns_dir(unique: str) -> Iterator[Path]:
             Path(ETC_NETNS_DIR).rmdir()  # only if we left it empty
 
 
-def plugin_in(ns: nslib.NsHandle, config: Config | None = None, tracker: object = None) -> NsPlugin:
-    """A plugin initialized on a thread inside *ns*: its default namespace is *ns*."""
-
-    def make() -> NsPlugin:
-        p = NsPlugin(config, tracker)  # type: ignore[arg-type]
-        p.init()
-        return p
-
-    return nslib.run_in(ns, make)
-
-
 @pytest.fixture
 def plugin(netns: nslib.NsHandle, run_dir: str) -> Iterator[NsPlugin]:
     """A plugin whose default namespace is ``netns``, with the private ``run_dir``."""
@@ -220,13 +155,6 @@ def plugin(netns: nslib.NsHandle, run_dir: str) -> Iterator[NsPlugin]:
         yield p
     finally:
         p.close()
-
-
-def host_netns_names() -> set[str]:
-    try:
-        return set(os.listdir("/run/netns"))
-    except FileNotFoundError:
-        return set()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -260,30 +188,11 @@ def dockerd() -> Iterator[object]:
     Tests may restart it; the host's daemon and containers are never touched.
     """
     if shutil.which("dockerd") is None:
-        _missing("needs dockerd (scripts/host-setup.sh installs it)")
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
+        missing("needs dockerd (scripts/host-setup.sh installs it)")
     from dockerd import PrivateDockerd
 
     with PrivateDockerd() as d:  # start() on entry, stop() on exit
         yield d
-
-
-@contextlib.contextmanager
-def docker_client_of(daemon: Any) -> Iterator[Any]:
-    """A client of *daemon* (a ``PrivateDockerd``).
-
-    Afterwards every test container is removed and the client is closed.
-    """
-    from dockerd import remove_test_containers
-
-    c = daemon.client()
-    try:
-        yield c
-    finally:
-        remove_test_containers(c)
-        c.close()
 
 
 @pytest.fixture

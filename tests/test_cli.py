@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import _missing, wait_for_exe
+from helpers import missing, wait_for_exe
 
 import nslib
 
@@ -410,7 +410,7 @@ def test_as_a_non_root_user(run_dir: str, unique: str) -> None:
     # (e.g. under /root); then the same CLI runs through an interpreter nobody can use.
     cmd = _nobody_python()
     if cmd is None:
-        _missing("no Python interpreter with nslib is usable by uid 65534 on this host")
+        missing("no Python interpreter with nslib is usable by uid 65534 on this host")
     r = subprocess.run(
         [*cmd, "--run-dir", run_dir, "add", unique],
         capture_output=True,

@@ -11,14 +11,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import plugin_in
+from helpers import plugin_in
 
 import nslib
 from nslib import NetNamespace, NsPlugin
@@ -445,7 +444,6 @@ def ms_conf(home, tracker) -> Iterator[Configurator]:
 
 
 def _harness():  # tests/dockerd.py, imported lazily like the conftest fixture does
-    sys.path.insert(0, str(Path(__file__).parent))
     import dockerd as harness
 
     return harness

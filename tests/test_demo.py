@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import _missing
+from helpers import missing
 
 import nslib.named
 
@@ -37,7 +37,7 @@ def _system_docker() -> None:
     try:
         client = docker.from_env(timeout=5)
     except Exception as e:
-        _missing(f"the system docker daemon does not answer ({e}); scripts/host-setup.sh starts it")
+        missing(f"the system docker daemon does not answer ({e}); scripts/host-setup.sh starts it")
     try:
         client.ping()
     finally:

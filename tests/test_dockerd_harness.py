@@ -11,7 +11,6 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
-from conftest import _missing, docker_client_of
 from dockerd import (
     MICROSERVICE_ENV,
     TEST_IMAGE,
@@ -24,13 +23,14 @@ from dockerd import (
     run_container,
     unique_name,
 )
+from helpers import docker_client_of, missing
 
 pytestmark = pytest.mark.docker
 
 SYSTEM_SOCKET = "/var/run/docker.sock"
 
 
-_unavailable = _missing  # skip locally, fail under CI=true
+_unavailable = missing  # skip locally, fail under CI=true
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import thread_ns
+from helpers import thread_ns
 
 import nslib
 from nslib import (

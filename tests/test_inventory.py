@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import thread_ns, wait_for_exe
+from helpers import thread_ns, wait_for_exe
 
 import nslib
 from nslib import named

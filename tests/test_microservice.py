@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import pytest
-from conftest import open_fds
+from helpers import open_fds
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -928,6 +928,34 @@ def test_callbacks_slow_raising_replay_unsubscribe(
     assert len(slow_seen) == n and t.health().callback_errors == errors
     assert replayed.threads == {"nslib-ms-dispatch"}
     replayed.check()
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_callback_raising_systemexit_or_keyboardinterrupt_does_not_kill_delivery(
+    tracked: Tracked, docker_client: Any, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A callback's SystemExit/KeyboardInterrupt is counted; the dispatcher lives on."""
+    t, log = tracked.tracker, tracked.log
+    raised: list[str] = []
+
+    def exiting(ev: MicroserviceEvent) -> None:
+        if ev.label.startswith(unique):
+            raised.append(ev.label)
+            raise SystemExit(3) if len(raised) % 2 else KeyboardInterrupt
+
+    t.subscribe(exiting)
+    after = EventLog()  # subscribed after the raising one: delivered to after it
+    t.subscribe(after)
+    errors = t.health().callback_errors
+    for i in range(3):
+        run(docker_client, f"{unique}-{i}")
+        log.wait_kinds(f"{unique}-{i}", ["STARTED"])
+        wait_until(lambda i=i: after.kinds(f"{unique}-{i}") == ["STARTED"], 10, "later callback")
+    assert raised == [f"{unique}-{i}" for i in range(3)]
+    assert t.health().callback_errors == errors + 3
+    assert "SystemExit" in caplog.text and "KeyboardInterrupt" in caplog.text
+    assert any(th.name == "nslib-ms-dispatch" for th in threading.enumerate())
 
 
 @pytest.mark.docker

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from caps import CAP_SYS_ADMIN, set_effective_cap
-from conftest import PREFIX, thread_ns, unmount_tree
+from helpers import PREFIX, thread_ns, unmount_tree
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule

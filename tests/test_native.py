@@ -13,7 +13,7 @@ import socket
 import threading
 
 import pytest
-from conftest import thread_ns
+from helpers import thread_ns
 
 from nslib import (
     InvalidReference,

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import thread_ns
+from helpers import thread_ns
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from conftest import plugin_in, thread_ns
+from helpers import plugin_in, thread_ns
 
 import nslib
 from nslib import NetNamespace, NsPlugin, ReferenceType
@@ -146,7 +144,6 @@ def test_microservice_without_tracker(plugin) -> None:
 
 @pytest.mark.docker
 def test_microservice_through_the_tracker(docker_client, netns, unique) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
     from dockerd import run_container
 
     tracker = nslib.MicroserviceTracker(docker_client)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PREFIX, open_fds, thread_ns
+from helpers import PREFIX, open_fds, thread_ns
 
 import nslib
 from nslib import named

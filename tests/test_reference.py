@@ -8,7 +8,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import thread_ns
+from helpers import thread_ns
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from caps import CAP_SYS_ADMIN, drop_effective, set_effective_cap
-from conftest import open_fds, thread_ns
+from helpers import open_fds, thread_ns
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

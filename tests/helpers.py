@@ -1,0 +1,142 @@
+"""Helpers shared by the test modules (fixtures live in ``conftest.py``).
+
+Test modules import from here, never from ``conftest`` or from each other;
+``tests/`` is on ``sys.path`` under pytest (rootdir conftest), so this is a
+plain ``from helpers import ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import nslib
+from nslib import NsPlugin
+from nslib._procfs import unescape_mount_field
+from nslib.plugin import Config
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+"""True under CI: a missing requirement fails the test instead of skipping it."""
+
+PREFIX = f"nslt{os.getpid() % 100000}"
+"""Every namespace, link and container the suite makes starts with this."""
+
+
+def missing(reason: str) -> None:
+    """Skip for *reason* locally; fail under ``CI=true``, where the test must run."""
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}: this test must run in CI", pytrace=False)
+    pytest.skip(reason)
+
+
+# -- accounting -------------------------------------------------------------
+
+
+def open_fds() -> set[int]:
+    """The process's open fds (the listing's own fd excluded)."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # the directory fd listdir used, already closed
+        fds.add(fd)
+    return fds
+
+
+def describe_fd(fd: int) -> str:
+    """What fd *fd* of this process points at, for a failure message."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+
+
+def thread_ns() -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of the calling thread's namespace."""
+    st = os.stat("/proc/thread-self/ns/net")
+    return (st.st_dev, st.st_ino)
+
+
+def wait_for_exe(pid: int, suffix: str, timeout: float = 10.0) -> None:
+    """Wait until process *pid* has exec'd a binary whose path ends with *suffix*.
+
+    Gives up silently after *timeout*: the caller checks what it needs.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/exe").endswith(suffix):
+                return
+        time.sleep(0.01)
+
+
+# -- mounts -----------------------------------------------------------------
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below *path* in the calling thread's mount namespace.
+
+    mountinfo is read as bytes: other software may leave mounts on paths that
+    are not UTF-8, and they must not break the suite.
+    """
+    top = os.fsencode(path).rstrip(b"/")
+    found = []
+    with open("/proc/thread-self/mountinfo", "rb") as f:
+        for line in f:
+            field = line.split()[4]
+            mnt = os.fsencode(unescape_mount_field(field))
+            if mnt == top or mnt.startswith(top + b"/"):
+                found.append(os.fsdecode(mnt))
+    return found
+
+
+def unmount_tree(path: str) -> None:
+    """Detach every mount at or below *path*, deepest first."""
+    for mnt in sorted(set(mounts_under(path)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
+
+
+def host_netns_names() -> set[str]:
+    """The names in the host's ``/run/netns``."""
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+# -- plugin and docker ------------------------------------------------------
+
+
+def plugin_in(ns: nslib.NsHandle, config: Config | None = None, tracker: object = None) -> NsPlugin:
+    """A plugin initialized on a thread inside *ns*: its default namespace is *ns*."""
+
+    def make() -> NsPlugin:
+        p = NsPlugin(config, tracker)  # type: ignore[arg-type]
+        p.init()
+        return p
+
+    return nslib.run_in(ns, make)
+
+
+@contextlib.contextmanager
+def docker_client_of(daemon: Any) -> Iterator[Any]:
+    """A client of *daemon* (a ``PrivateDockerd``).
+
+    Afterwards every test container is removed and the client is closed.
+    """
+    from dockerd import remove_test_containers
+
+    c = daemon.client()
+    try:
+        yield c
+    finally:
+        remove_test_containers(c)
+        c.close()
