@@ -18,7 +18,7 @@ import pytest
 
 import nslib
 from nslib import NsPlugin
-from nslib._procfs import unescape_mount_field
+from nslib._procfs import read_mountinfo
 from nslib.plugin import Config
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -88,14 +88,11 @@ def mounts_under(path: str) -> list[str]:
     are not UTF-8, and they must not break the suite.
     """
     top = os.fsencode(path).rstrip(b"/")
-    found = []
-    with open("/proc/thread-self/mountinfo", "rb") as f:
-        for line in f:
-            field = line.split()[4]
-            mnt = os.fsencode(unescape_mount_field(field))
-            if mnt == top or mnt.startswith(top + b"/"):
-                found.append(os.fsdecode(mnt))
-    return found
+    return [
+        os.fsdecode(m.mount_point)
+        for m in read_mountinfo()
+        if m.mount_point == top or m.mount_point.startswith(top + b"/")
+    ]
 
 
 def unmount_tree(path: str) -> None:
