@@ -321,6 +321,7 @@ class TrackerHealth:
     duplicates_dropped: int
     resyncs: int
     callback_errors: int
+    """Exceptions raised by callbacks (each logged, none stops delivery)."""
 
 
 # ----------------------------------------------------------------------------
@@ -654,9 +655,11 @@ class MicroserviceTracker:
         several containers claim a label) for every label held right now,
         consistent with the events that follow: nothing missed, nothing twice.
 
-        Callbacks run on the dispatcher thread (see the class docs); an
-        exception is logged to the ``nslib.microservice`` logger and counted
-        in :meth:`health`, and the tracker carries on.
+        Callbacks run on the dispatcher thread (see the class docs); any
+        exception a callback raises (``SystemExit`` and ``KeyboardInterrupt``
+        included) is logged to the ``nslib.microservice`` logger and counted
+        in :meth:`health`, and the tracker carries on delivering to every
+        subscriber.
 
         The returned function (idempotent) cancels the subscription: once it
         returns, no call of *callback* is running and none will start.  It
@@ -1088,7 +1091,10 @@ class MicroserviceTracker:
             sub.running = True
         try:  # not under sub.cond: the callback may unsubscribe itself
             sub.callback(ev)
-        except Exception:
+        except BaseException:
+            # BaseException too: a callback's SystemExit or KeyboardInterrupt
+            # would otherwise end this thread, and with it every delivery and
+            # every pending configuration, while health() still looked fine.
             _log.exception("microservice callback %r failed on %s", sub.callback, ev.kind.name)
             with self._lock:
                 self._counters.callback_errors += 1
