@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -311,40 +311,47 @@ def remove_test_containers(client: docker.DockerClient) -> int:
 # ---------------------------------------------------------- host inspection helpers
 
 
-def _unescape_mountinfo(field: str) -> str:
-    """Undo the octal escapes (``\\040`` for space etc.) of /proc/self/mountinfo."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+def _mounts() -> list[tuple[bytes, bytes]]:
+    """``(mount point, fs type)`` of every mount, as bytes (nslib's shared parser).
+
+    Bytes because another program may have mounted something on a path that is
+    not UTF-8; decoding it would make teardown crash and leave everything behind.
+    Imported here, not at the top: ``build-image`` runs under a plain python3
+    that may not have nslib installed.
+    """
+    from nslib._procfs import read_mountinfo
+
+    return [(m.mount_point, m.fstype) for m in read_mountinfo("/proc/self/mountinfo")]
 
 
-def _mountinfo() -> list[tuple[str, str]]:
-    """Return ``(mount point, fs type)`` for every line of /proc/self/mountinfo."""
-    result = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            result.append((_unescape_mountinfo(left.split()[4]), right.split()[0]))
-    return result
+def _mount_points_under(root: bytes) -> list[bytes]:
+    r = root.rstrip(b"/")
+    found = {m for m, _ in _mounts() if m == r or m.startswith(r + b"/")}
+    return sorted(found, key=lambda m: (m.count(b"/"), m), reverse=True)
 
 
 def mounts_under(root: str | os.PathLike[str]) -> list[str]:
-    """Mount points at or below ``root`` (per /proc/self/mountinfo), deepest first."""
-    r = os.fspath(root).rstrip("/")
-    found = {m for m, _ in _mountinfo() if m == r or m.startswith(r + "/")}
-    return sorted(found, key=lambda m: (m.count("/"), m), reverse=True)
+    """Mount points at or below ``root`` (per /proc/self/mountinfo), deepest first.
+
+    Undecodable bytes come back as surrogates (``os.fsdecode``), so
+    ``os.fsencode`` gives the exact path back.
+    """
+    return [os.fsdecode(m) for m in _mount_points_under(os.fsencode(root))]
 
 
 def _umount_all(root: Path) -> list[str]:
     """Lazily unmount everything below ``root``; return what could not be unmounted."""
     libc = ctypes.CDLL(None, use_errno=True)
+    top = os.fsencode(root)
     for _ in range(10):  # stacked mounts need several rounds
-        mounts = mounts_under(root)
+        mounts = _mount_points_under(top)
         if not mounts:
             return []
         for m in mounts:
-            if libc.umount2(m.encode(), _MNT_DETACH) != 0:
+            if libc.umount2(m, _MNT_DETACH) != 0:
                 err = ctypes.get_errno()
                 if err not in (errno.EINVAL, errno.ENOENT):
-                    print(f"umount {m}: {os.strerror(err)}", file=sys.stderr)
+                    print(f"umount {m!r}: {os.strerror(err)}", file=sys.stderr)
     return mounts_under(root)
 
 
@@ -352,10 +359,10 @@ def _cgroup_dirs(name: str) -> list[Path]:
     """Existing ``<cgroup mount>/<name>`` directories, one per hierarchy."""
     seen: set[str] = set()
     dirs = []
-    for mnt, fstype in _mountinfo():
-        if fstype not in ("cgroup", "cgroup2"):
+    for mnt, fstype in _mounts():
+        if fstype not in (b"cgroup", b"cgroup2"):
             continue
-        d = Path(mnt) / name
+        d = Path(os.fsdecode(mnt)) / name
         if d.is_dir() and (real := os.path.realpath(d)) not in seen:
             seen.add(real)
             dirs.append(d)
@@ -434,40 +441,68 @@ def _teardown_root(root: Path, cgroup_name: str) -> list[str]:
     """Kill, unmount and delete everything a private daemon left under ``root``.
 
     Used after a graceful stop (normally nothing is left but the files) and for stale
-    roots of crashed test runs. Returns a list of problems (empty when all is clean).
+    roots of crashed test runs. Every step runs even when an earlier one failed (a
+    host with strange mounts must not leave a bridge or cgroups behind). Returns a
+    list of problems (empty when all is clean).
     """
     problems: list[str] = []
+
+    def step(what: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception as e:
+            problems.append(f"{what} failed: {type(e).__name__}: {e}")
+
     shim_sockets: set[Path] = set()
-    deadline = time.monotonic() + 10
-    while True:
-        # dockerd, containerd and shims name the root in their argv; container
-        # processes are found through the cgroup parent.
-        pids = set(processes_mentioning(f"{root}/")) | {
-            p for p in _cgroup_pids(cgroup_name) if proc_alive(p)
-        }
-        if not pids:
-            break
-        if time.monotonic() > deadline:
-            problems.append(f"processes still alive: {sorted(pids)}")
-            break
-        for pid in pids:
-            if sock := _shim_socket(_cmdline(pid)):
-                shim_sockets.add(sock)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    for sock in shim_sockets:
-        sock.unlink(missing_ok=True)
-    if left := _umount_all(root):
-        problems.append(f"still mounted: {left}")
-    if left := _remove_cgroups(cgroup_name):
-        problems.append(f"cgroups left: {left}")
-    if not _delete_link(_bridge_name(root)):
-        problems.append(f"could not delete bridge {_bridge_name(root)}")
-    if not mounts_under(root):  # never rm -rf through a live mount
-        shutil.rmtree(root, ignore_errors=True)
-    if root.exists():
-        problems.append(f"could not remove {root}")
+
+    def kill_all() -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            # dockerd, containerd and shims name the root in their argv; container
+            # processes are found through the cgroup parent.
+            pids = set(processes_mentioning(f"{root}/"))
+            with contextlib.suppress(Exception):  # cgroups are checked again below
+                pids |= {p for p in _cgroup_pids(cgroup_name) if proc_alive(p)}
+            if not pids:
+                return
+            if time.monotonic() > deadline:
+                problems.append(f"processes still alive: {sorted(pids)}")
+                return
+            for pid in pids:
+                if sock := _shim_socket(_cmdline(pid)):
+                    shim_sockets.add(sock)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+
+    def unlink_shim_sockets() -> None:
+        for sock in shim_sockets:
+            sock.unlink(missing_ok=True)
+
+    def umount() -> None:
+        if left := _umount_all(root):
+            problems.append(f"still mounted: {left}")
+
+    def cgroups() -> None:
+        if left := _remove_cgroups(cgroup_name):
+            problems.append(f"cgroups left: {left}")
+
+    def bridge() -> None:
+        if not _delete_link(_bridge_name(root)):
+            problems.append(f"could not delete bridge {_bridge_name(root)}")
+
+    def files() -> None:
+        if not mounts_under(root):  # never rm -rf through a live mount
+            shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            problems.append(f"could not remove {root}")
+
+    step("killing leftover processes", kill_all)
+    step("removing shim sockets", unlink_shim_sockets)
+    step("unmounting", umount)
+    step("removing cgroups", cgroups)
+    step("deleting the bridge", bridge)
+    step("removing the root", files)
     return problems
 
 
@@ -736,11 +771,17 @@ class PrivateDockerd:
         root = self.root
         problems: list[str] = []
         try:
-            self._stop_proc(self._dockerd, signal.SIGTERM, timeout)
-            self._stop_proc(self._containerd, signal.SIGTERM, 10)
+            for name, proc, wait in (
+                ("dockerd", self._dockerd, timeout),
+                ("containerd", self._containerd, 10.0),
+            ):
+                try:  # each step whatever happened before; the teardown kills leftovers
+                    self._stop_proc(proc, signal.SIGTERM, wait)
+                except Exception as e:
+                    problems.append(f"stopping {name}: {type(e).__name__}: {e}")
         finally:
             self._dockerd = self._containerd = None
-            problems = _teardown_root(root, root.name)
+            problems += _teardown_root(root, root.name)
             self.root = None
             atexit.unregister(self._atexit_stop)
             self.timings["stop"] = time.monotonic() - t0

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import docker.errors
+import dockerd
 import pytest
 from dockerd import (
     MICROSERVICE_ENV,
@@ -189,3 +194,77 @@ def test_stop_leaves_nothing(pd: PrivateDockerd) -> None:
         assert pc.ping()
     finally:
         pc.close()
+
+
+@contextlib.contextmanager
+def _tmpfs_at(path: bytes) -> Iterator[bytes]:
+    """A tmpfs mounted on *path* (created), detached and removed afterwards."""
+    os.makedirs(path, exist_ok=True)
+    subprocess.run([b"mount", b"-t", b"tmpfs", b"nslibt-odd", path], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run([b"umount", b"-l", path], check=False, capture_output=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def _assert_gone(root: Path, bridge: str, cgroup_parent: str) -> None:
+    assert mounts_under(root) == []
+    assert processes_mentioning(f"{root}/") == []
+    assert not root.exists()
+    assert not Path("/sys/class/net", bridge).exists()
+    name = cgroup_parent.lstrip("/")
+    assert not [*Path("/sys/fs/cgroup").glob(name), *Path("/sys/fs/cgroup").glob(f"*/{name}")]
+
+
+ODD = b"nslibt-\xff\xfe odd\nname\\"  # not UTF-8, and every byte mountinfo escapes
+
+
+def test_stop_with_non_utf8_mounts_leaves_nothing(pd: PrivateDockerd) -> None:
+    """A host mount on a non-UTF-8 path, and one inside the root, do not break stop()."""
+    base = os.fsencode(tempfile.mkdtemp(prefix="nslibt-odd-"))
+    try:
+        with _tmpfs_at(os.path.join(base, ODD)):
+            d = PrivateDockerd()
+            d.start()
+            root, cgroup_parent, bridge = d.root, d.cgroup_parent, d.bridge_name
+            assert root is not None
+            c = d.client()
+            try:
+                run_container(c, network="bridge")
+                inner = os.path.join(os.fsencode(root), ODD)
+                os.makedirs(inner)
+                subprocess.run([b"mount", b"-t", b"tmpfs", b"nslibt-odd", inner], check=True)
+                assert os.fsdecode(inner) in mounts_under(root)
+            finally:
+                c.close()
+                d.stop()
+            _assert_gone(root, bridge, cgroup_parent)
+    finally:
+        os.rmdir(base)
+
+
+def test_stop_runs_every_cleanup_step(pd: PrivateDockerd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One cleanup step failing does not skip the others; stop() reports it."""
+    d = PrivateDockerd(image=None)
+    d.start()
+    root, cgroup_parent, bridge = d.root, d.cgroup_parent, d.bridge_name
+    assert root is not None
+    real = dockerd._remove_cgroups
+
+    def broken(name: str) -> list[str]:
+        raise OSError(errno.EIO, "injected cgroup failure")
+
+    monkeypatch.setattr(dockerd, "_remove_cgroups", broken)
+    try:
+        with pytest.raises(RuntimeError, match=r"removing cgroups failed.*injected"):
+            d.stop()
+        assert d.root is None
+        # The steps after the failing one ran anyway.
+        assert not root.exists() and not Path("/sys/class/net", bridge).exists()
+        assert mounts_under(root) == []
+    finally:
+        monkeypatch.undo()
+        real(cgroup_parent.lstrip("/"))
+    _assert_gone(root, bridge, cgroup_parent)
