@@ -44,7 +44,7 @@ from .switching import (
     thread_poisoned,
 )
 
-__version__ = "0.1.0"
+__version__: str  # the installed distribution's version; see __getattr__
 
 # Heavier parts (docker, pyroute2) load on first use, so `import nslib` and
 # the switching hot path never pay for them.  name -> (module, attribute);
@@ -69,6 +69,13 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 
 
 def __getattr__(name: str) -> object:
+    if name == "__version__":
+        # The version is written once, in pyproject.toml; the installed
+        # metadata carries it (read lazily: importlib.metadata costs ~30 ms).
+        from importlib.metadata import version
+
+        found = globals()[name] = version("nslib")
+        return found
     try:
         module, attr = _LAZY[name]
     except KeyError:
@@ -82,7 +89,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
 
 
 __all__ = [
