@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Result, Target, main, per_op, run_c
 
 from nslib import NsHandle, named
+from nslib._procfs import read_mountinfo
 from nslib.names import DEFAULT_RUN_DIR
 
 PREFIX = f"nslb{os.getpid() % 100000}x"
@@ -199,9 +200,9 @@ def _cleanup(base: str) -> None:
     for name in host:
         if name.startswith(PREFIX):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in sorted({p for p in points if p.startswith(base)}, key=len, reverse=True):
+    raw = os.fsencode(base)
+    points = {m.mount_point for m in read_mountinfo("/proc/self/mountinfo")}
+    for point in sorted({p for p in points if p.startswith(raw)}, key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     shutil.rmtree(base, ignore_errors=True)
 

@@ -1,4 +1,4 @@
-"""Every network namespace on the host, with what keeps each one alive.
+r"""Every network namespace on the host, with what keeps each one alive.
 
 A network namespace lives while anything holds it.  :func:`inventory` looks
 at every kind of holder the kernel exposes and deduplicates namespaces by
@@ -7,16 +7,28 @@ at every kind of holder the kernel exposes and deduplicates namespaces by
 * threads: ``/proc/<pid>/task/<tid>/ns/net`` for every thread of every
   process (a thread switched into a namespace holds it as much as a whole
   process does; ``ip netns pids`` only looks at the main thread);
-* bind mounts: every ``nsfs`` mount in the calling thread's mount namespace
-  (``/proc/thread-self/mountinfo``: named namespaces under the run
-  directory, ``/run/docker/netns/*``, anywhere), plus those in other mount
-  namespaces that are not mere copies of ours;
-* open fds: ``/proc/<pid>/fd/*`` whose link reads ``net:[<ino>]``;
+* bind mounts: every ``nsfs`` mount of a network namespace in *every*
+  mount namespace: the calling thread's (``/proc/thread-self/mountinfo``:
+  named namespaces under the run directory, ``/run/docker/netns/*``,
+  anywhere), each other one a process or thread is in (one
+  ``/proc/<pid>/task/<tid>/mountinfo`` per mount namespace), and mount
+  namespaces that no process is in but an fd or a bind mount keeps alive
+  (read from a throwaway thread that joins them).  Each mount says which
+  mount namespace has it and a process in it.  ``lsns`` misses a
+  namespace held only by a mount in another mount namespace;
+* open fds: ``/proc/<pid>/fd/*`` of a network namespace, whether opened
+  through ``/proc/<pid>/ns/net`` (the link reads ``net:[<ino>]``) or
+  through a bind mount (the link reads its path, or ``/`` once the name
+  was deleted; these are recognised by nsfs's device and ``NS_GET_NSTYPE``);
 * sockets (opt-in, ``sockets=True``): a socket keeps the namespace it was
   created in alive.  The only way to learn which one is ``SIOCGSKNS`` on
   the socket itself, so each socket fd is borrowed with ``pidfd_getfd(2)``
   (needs ptrace rights over the owner), asked, and closed again.  It costs
-  a few syscalls per socket on the host, hence opt-in.
+  a few syscalls per socket on the host, hence opt-in;
+* nsid only: a namespace that has an nsid in the caller's namespace but
+  none of the above was found for (its holder could not be inspected) is
+  listed with ``dev == ino == 0`` and :attr:`NamespaceInfo.nsid` set: the
+  kernel tells that it is alive, not which inode it is.
 
 Each namespace also carries its names, its nsid as seen from the caller's
 namespace (``RTM_GETNSID`` over a netlink socket), and, when a docker daemon
@@ -25,23 +37,33 @@ that run in it.  Processes that cannot be inspected (``EACCES``, as for
 PID 1 in some sandboxes even as root) are listed in
 :attr:`Inventory.unreadable`; processes that exit during the scan are
 skipped.
+
+Text from the host (paths, command lines, names) is kept exact: bytes that
+are not UTF-8 are decoded with ``surrogateescape`` (``os.fsdecode``), so
+``os.fsencode`` gives the original bytes back; in :meth:`Inventory.to_json`
+they appear as ``\udcXX`` escapes.  Printing them to a terminal is the
+caller's business (``nslib ls`` escapes them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
+import re
 import socket
 import stat
-import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import _syscalls as sys_
 from ._docker_state import label_of
-from ._procfs import unescape_mount_field
+from ._procfs import nsfs_dev, read_mountinfo
 from .names import DEFAULT_RUN_DIR
 
 __all__ = [
@@ -79,8 +101,11 @@ class MountEntry:
 
     path: str
     #: ``None`` for the caller's mount namespace; otherwise a process in the
-    #: mount namespace that has it (reach the path as ``/proc/PID/root/PATH``).
+    #: mount namespace that has it (reach the path as ``/proc/PID/root/PATH``),
+    #: or 0 when no process is in it (an fd or a bind mount keeps it alive).
     via_pid: int | None = None
+    #: The inode of the mount namespace that has the mount (``mnt:[N]``).
+    mnt_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +170,7 @@ class NamespaceInfo:
     def held_by(self) -> tuple[str, ...]:
         """What keeps it alive, most durable first: ``mounts``, ``processes``, ``fds``, ``sockets``.
 
+        ``("nsid",)`` for a namespace known only by its nsid (``ino == 0``).
         Empty only for a namespace the scan reached some other way (a
         container whose process could not be inspected).
         """
@@ -157,6 +183,8 @@ class NamespaceInfo:
             kinds.append("fds")
         if any(f.kind == "socket" for f in self.fds):
             kinds.append("sockets")
+        if not kinds and self.ino == 0 and self.nsid is not None:
+            kinds.append("nsid")
         return tuple(kinds)
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,6 +270,10 @@ class _Scan:
         self.all_tids: dict[int, int] = {}
         self.commands: dict[int, str] = {}
         self.leader_ns: dict[int, NsId] = {}
+        #: mount namespace inode -> a ``/proc/<pid>/task/<tid>`` in it, and that pid.
+        self.mnt_spaces: dict[int, tuple[str, int]] = {}
+        #: mount namespaces no process is in: inode -> a path that opens it.
+        self.mnt_orphans: dict[int, str] = {}
 
     def acc(self, key: NsId, opener: str | None) -> _Acc:
         a = self.ns.get(key)
@@ -272,7 +304,8 @@ class _Scan:
                 continue
             seen = 0
             for name in tids:
-                path = f"/proc/{pid}/task/{name}/ns/net"
+                task = f"/proc/{pid}/task/{name}"
+                path = f"{task}/ns/net"
                 try:
                     st = os.stat(path)
                 except OSError as e:
@@ -285,41 +318,70 @@ class _Scan:
                 if tid == pid:
                     self.leader_ns[pid] = key
                 seen += 1
+                # Mount namespaces are per thread too (a thread that unshared
+                # CLONE_FS|CLONE_NEWNS, as `ip netns exec` helpers do).
+                try:
+                    mnt = os.stat(f"{task}/ns/mnt").st_ino
+                except OSError:
+                    continue
+                self.mnt_spaces.setdefault(mnt, (task, pid))
             self.all_tids[pid] = seen
 
     # Mounts -------------------------------------------------------------------
 
-    def mounts(self, pids: list[int]) -> None:
+    def mounts(self) -> None:
         # thread-self, not self: the mount namespace is per thread, and the
         # caller's own is this thread's (/proc/self is the main thread's).
-        own = set()
-        for mp, key in _nsfs_mounts("/proc/thread-self/mountinfo"):
-            own.add((mp, key))
-            self._mount(key, MountEntry(mp), mp)
-        # Other mount namespaces: one reader per namespace.  Their copies of
-        # our mounts (every `ip netns exec` child has them) are not news.
         try:
-            mine = os.stat("/proc/thread-self/ns/mnt").st_ino
+            mine: int | None = os.stat("/proc/thread-self/ns/mnt").st_ino
         except OSError:
             mine = None
-        others: dict[int, int] = {}
-        for pid in pids:
-            try:
-                ino = os.stat(f"/proc/{pid}/ns/mnt").st_ino
-            except OSError:
+        own: set[tuple[bytes, NsId]] = set()
+        try:
+            found = _nsfs_mounts("/proc/thread-self/mountinfo")
+        except OSError:
+            found = []
+        for mp, key, kind in found:
+            if kind == b"net":
+                own.add((mp, key))
+                path = os.fsdecode(mp)
+                self._mount(key, MountEntry(path, None, mine), path)
+            elif kind == b"mnt":
+                self.mnt_orphans.setdefault(key[1], os.fsdecode(mp))
+        # Every other mount namespace once.  Their copies of our mounts (every
+        # `ip netns exec` child has them) are not news.
+        for ino, (task, pid) in self.mnt_spaces.items():
+            if ino == mine:
                 continue
-            if ino != mine:
-                others.setdefault(ino, pid)
-        for pid in others.values():
             try:
-                found = _nsfs_mounts(f"/proc/{pid}/mountinfo")
-            except OSError:
+                found = _nsfs_mounts(f"{task}/mountinfo")
+            except OSError as e:
+                if e.errno not in _GONE:
+                    self.deny(pid, e)
                 continue
-            for mp, key in found:
-                if (mp, key) not in own:
-                    self._mount(key, MountEntry(mp, pid), f"/proc/{pid}/root{mp}")
+            for mp, key, kind in found:
+                if kind == b"mnt":
+                    self.mnt_orphans.setdefault(key[1], f"/proc/{pid}/root" + os.fsdecode(mp))
+                elif (mp, key) not in own:
+                    path = os.fsdecode(mp)
+                    self._mount(key, MountEntry(path, pid, ino), f"/proc/{pid}/root{path}")
 
-    def _mount(self, key: NsId, entry: MountEntry, opener: str) -> None:
+    def orphan_mounts(self) -> None:
+        """Mount namespaces that no process is in, kept alive by fds or bind mounts."""
+        seen = set(self.mnt_spaces)
+        todo = [(ino, p) for ino, p in self.mnt_orphans.items() if ino not in seen]
+        while todo:
+            ino, path = todo.pop()
+            seen.add(ino)
+            found = _foreign_mountinfo(path, ino)
+            for mp, key, kind in found:
+                if kind == b"mnt":
+                    if key[1] not in seen:
+                        todo.append((key[1], ""))  # reachable only from inside: skip
+                elif kind == b"net":
+                    self._mount(key, MountEntry(os.fsdecode(mp), 0, ino), None)
+
+    def _mount(self, key: NsId, entry: MountEntry, opener: str | None) -> None:
         a = self.acc(key, opener)
         if entry in a.mounts:
             return
@@ -331,6 +393,7 @@ class _Scan:
 
     def fds(self, pids: list[int], sockets: bool) -> None:
         me = os.getpid()
+        nsfs = nsfs_dev()
         for pid in pids:
             fd_dir = f"/proc/{pid}/fd"
             try:
@@ -341,28 +404,40 @@ class _Scan:
                 continue
             socks: list[int] = []
             for name in names:
+                path = f"{fd_dir}/{name}"
                 try:
-                    link = os.readlink(f"{fd_dir}/{name}")
+                    link = os.readlink(path)
                 except OSError:
                     continue
-                if link.startswith("net:["):
-                    path = f"{fd_dir}/{name}"
-                    try:
-                        st = os.stat(path)
-                    except OSError:
-                        continue
-                    if pid == me and not _still_ns(int(name), st):
-                        continue  # the fd was closed and reused mid-scan
-                    key = (st.st_dev, st.st_ino)
-                    self.acc(key, path).fds.append(FdEntry(pid, int(name), self.command(pid)))
-                elif sockets and link.startswith("socket:["):
-                    socks.append(int(name))
+                if link.startswith("socket:["):
+                    if sockets:
+                        socks.append(int(name))
+                    continue
+                if link.startswith("mnt:["):
+                    self.mnt_orphans.setdefault(int(link[5:-1]), path)
+                    continue
+                if not link.startswith(("net:[", "/")):
+                    continue  # pipe:[..], anon_inode:.., other namespace kinds
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if st.st_dev != nsfs:
+                    continue
+                if not link.startswith("net:[") and not _is_netns(path, st):
+                    # Opened through a bind mount: the link names the mount
+                    # point (or "/" once it was detached), not the kind.
+                    continue
+                if pid == me and not _still_ns(int(name), st):
+                    continue  # the fd was closed and reused mid-scan
+                key = (st.st_dev, st.st_ino)
+                self.acc(key, path).fds.append(FdEntry(pid, int(name), self.command(pid)))
             if socks:
                 self._sockets(pid, socks)
 
     def _sockets(self, pid: int, fds: list[int]) -> None:
         try:
-            pidfd = os.pidfd_open(pid)
+            pidfd = _pidfd_open(pid)
         except OSError as e:
             if e.errno not in _GONE:
                 self.deny(pid, e)
@@ -408,7 +483,7 @@ class _Scan:
             current: NsId | None = (st.st_dev, st.st_ino)
         except OSError:
             current = None
-        ids = _nsids({k: a.opener for k, a in self.ns.items()}) if nsid else {}
+        ids, every = _nsids({k: a.opener for k, a in self.ns.items()}) if nsid else ({}, set())
         out = []
         for key, a in self.ns.items():
             procs = tuple(
@@ -433,6 +508,10 @@ class _Scan:
                     current=key == current,
                 )
             )
+        # Alive (an nsid dies with its namespace) but held by nothing we could
+        # see: a process we may not inspect, say.  The kernel gives no inode.
+        for n in sorted(every - set(ids.values())):
+            out.append(NamespaceInfo(dev=0, ino=0, nsid=n))
         # The caller's own namespace first, then named ones, then the rest.
         out.sort(key=lambda n: (not n.current, not n.names, n.names, n.ino))
         return out
@@ -474,8 +553,9 @@ def inventory(
     scan = _Scan(run_dir or DEFAULT_RUN_DIR)
     pids = _pids()
     scan.threads(pids)
-    scan.mounts(pids)
-    scan.fds(pids, sockets)
+    scan.fds(pids, sockets)  # also finds mount namespaces kept only by an fd
+    scan.mounts()
+    scan.orphan_mounts()
     status = scan.docker(docker_timeout, label_env, label_key) if docker else "not asked"
     return Inventory(
         namespaces=tuple(scan.result(nsid)),
@@ -500,33 +580,85 @@ def _command(pid: int, limit: int = 120) -> str:
     except OSError:
         raw = b""
     if raw:
-        text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+        text = os.fsdecode(raw.rstrip(b"\0").replace(b"\0", b" "))
     else:  # a kernel thread or a zombie: no command line
         try:
             with open(f"/proc/{pid}/comm", "rb") as f:
-                text = "[" + f.read().strip().decode("utf-8", "replace") + "]"
+                text = "[" + os.fsdecode(f.read().strip()) + "]"
         except OSError:
             text = "?"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _nsfs_mounts(path: str) -> list[tuple[str, NsId]]:
-    """``(mount point, (dev, ino))`` of every network-namespace nsfs mount."""
+_NS_ROOT = re.compile(rb"([a-z]+):\[([0-9]+)\]")
+
+
+def _nsfs_mounts(path: str) -> list[tuple[bytes, NsId, bytes]]:
+    """``(mount point, (dev, ino), kind)`` of every net or mnt namespace nsfs mount."""
     found = []
-    with open(path, "rb") as f:
-        for line in f:
-            left, sep, right = line.partition(b" - ")
-            if not sep or not right.startswith(b"nsfs "):
-                continue
-            fields = left.split()
-            # 3: major:minor, 4: root inside the fs ("net:[ino]"), 5: mount point
-            root = fields[3]
-            if not root.startswith(b"net:[") or not root.endswith(b"]"):
-                continue
-            major, minor = fields[2].split(b":")
-            key = (os.makedev(int(major), int(minor)), int(root[5:-1]))
-            found.append((unescape_mount_field(fields[4]), key))
+    for m in read_mountinfo(path):
+        if m.fstype != b"nsfs":
+            continue
+        # The root inside nsfs is "net:[ino]" (older kernels: "/net:[ino]").
+        r = _NS_ROOT.fullmatch(m.root.lstrip(b"/"))
+        if r is None or r.group(1) not in (b"net", b"mnt"):
+            continue
+        found.append((m.mount_point, (os.makedev(m.major, m.minor), int(r.group(2))), r.group(1)))
     return found
+
+
+def _foreign_mountinfo(path: str, ino: int) -> list[tuple[bytes, NsId, bytes]]:
+    """:func:`_nsfs_mounts` of a mount namespace no process is in, via *path*.
+
+    Read from a throwaway thread that unshares its filesystem context and
+    joins that mount namespace (the caller never moves); nothing if it
+    cannot be opened or joined.
+    """
+    out: list[list[tuple[bytes, NsId, bytes]]] = []
+    if not path:
+        return []
+
+    def look() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if os.fstat(fd).st_ino != ino:
+                return  # the path names something else now
+            sys_.unshare(_CLONE_FS, "a private filesystem context for the inventory")
+            sys_.setns(fd, sys_.CLONE_NEWNS, f"mount namespace mnt:[{ino}]")
+            out.append(_nsfs_mounts("/proc/thread-self/mountinfo"))
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=look, name="nslib-inventory-mnt", daemon=True)
+    t.start()
+    t.join()
+    return out[0] if out else []
+
+
+_CLONE_FS = 0x00000200
+_NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3)
+
+
+def _is_netns(path: str, st: os.stat_result) -> bool:
+    """Whether *path* (an nsfs file, e.g. ``/proc/PID/fd/N``) is a network namespace."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == sys_.CLONE_NEWNET
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _still_ns(fd: int, st: os.stat_result) -> bool:
@@ -542,18 +674,32 @@ _SYS_pidfd_getfd = 438  # the same number on every architecture (>= 5.6)
 _libc: Any = None
 
 
-def _socket_ns(pidfd: int, fd: int) -> NsId:
-    """The namespace a socket of another process was created in."""
+def _pidfd_open(pid: int) -> int:
+    native = getattr(sys_, "pidfd_open", None)
+    if native is not None:
+        return int(native(pid))
+    return os.pidfd_open(pid)
+
+
+def _pidfd_getfd(pidfd: int, fd: int) -> int:
+    native = getattr(sys_, "pidfd_getfd", None)
+    if native is not None:
+        return int(native(pidfd, fd))
     global _libc
     import ctypes
-    import fcntl
 
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    dup = _libc.syscall(_SYS_pidfd_getfd, pidfd, fd, 0)
+    dup = int(_libc.syscall(_SYS_pidfd_getfd, pidfd, fd, 0))
     if dup < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+    return dup
+
+
+def _socket_ns(pidfd: int, fd: int) -> NsId:
+    """The namespace a socket of another process was created in."""
+    dup = _pidfd_getfd(pidfd, fd)
     try:
         if not stat.S_ISSOCK(os.fstat(dup).st_mode):
             raise OSError(errno.ENOTSOCK, "not a socket any more")
@@ -567,25 +713,28 @@ def _socket_ns(pidfd: int, fd: int) -> NsId:
     return (st.st_dev, st.st_ino)
 
 
-# nsid lookup: a tiny RTM_GETNSID request per namespace, answered by the
-# kernel from the caller's namespace (what `ip netns list` shows).
+# nsid lookup: an RTM_GETNSID request per namespace (pyroute2's nsidmsg),
+# answered by the kernel from the caller's namespace (what `ip netns list`
+# shows), and one dump of every nsid the caller's namespace has assigned.
 _RTM_NEWNSID = 88
 _RTM_GETNSID = 90
 _NLMSG_ERROR = 2
-_NLM_F_REQUEST = 1
-_NETNSA_NSID = 1
-_NETNSA_FD = 3
+_NLMSG_DONE = 3
+_NSID_NOT_ASSIGNED = 0xFFFFFFFF
 
 
-def _nsids(openers: dict[NsId, str | None]) -> dict[NsId, int]:
+def _nsids(openers: dict[NsId, str | None]) -> tuple[dict[NsId, int], set[int]]:
+    """``(nsid of each namespace that has one, every nsid assigned)``."""
     try:
         nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
     except OSError:
-        return {}
+        return {}, set()
     out = {}
+    every: set[int] = set()
     try:
         nl.settimeout(1.0)
         nl.bind((0, 0))
+        seq = 0
         for seq, (key, path) in enumerate(openers.items(), 1):
             if path is None:
                 continue
@@ -597,43 +746,59 @@ def _nsids(openers: dict[NsId, str | None]) -> dict[NsId, int]:
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != key:
                     continue  # the path now names something else (PID reuse)
-                nsid = _get_nsid(nl, fd, seq)
+                found = _ask(nl, seq, [("NETNSA_FD", fd)], dump=False)
             except OSError:
                 continue
             finally:
                 os.close(fd)
-            if nsid is not None:
-                out[key] = nsid
+            if found:
+                out[key] = found[0]
+        with contextlib.suppress(OSError):
+            every = set(_ask(nl, seq + 1, [], dump=True))
     finally:
         nl.close()
-    return out
+    return out, every
 
 
-def _get_nsid(nl: socket.socket, fd: int, seq: int) -> int | None:
-    body = struct.pack("=B3xHHI", socket.AF_UNSPEC, 8, _NETNSA_FD, fd)
-    nl.send(struct.pack("=IHHII", 16 + len(body), _RTM_GETNSID, _NLM_F_REQUEST, seq, 0) + body)
+def _ask(nl: socket.socket, seq: int, attrs: list[tuple[str, int]], *, dump: bool) -> list[int]:
+    """Send one RTM_GETNSID and return the nsids in its answer(s)."""
+    from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
+
+    msg = nsidmsg()
+    msg["header"]["type"] = _RTM_GETNSID
+    msg["header"]["flags"] = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+    msg["header"]["sequence_number"] = seq
+    msg["attrs"].extend(attrs)
+    msg.encode()
+    nl.send(msg.data)
+    found: list[int] = []
     while True:
-        data = nl.recv(4096)
-        length, kind, _flags, rseq, _pid = struct.unpack_from("=IHHII", data)
-        if rseq != seq:
-            continue  # a late answer to an earlier request
-        if kind == _NLMSG_ERROR:
-            (err,) = struct.unpack_from("=i", data, 16)
-            if err:
-                raise OSError(-err, os.strerror(-err))
-            return None
-        if kind != _RTM_NEWNSID:
-            return None
-        off = 16 + 4  # header + rtgenmsg (padded)
-        while off + 4 <= length:
-            alen, atype = struct.unpack_from("=HH", data, off)
-            if alen < 4:
-                break
-            if atype == _NETNSA_NSID:
-                (value,) = struct.unpack_from("=i", data, off + 4)
-                return value if value >= 0 else None
-            off += (alen + 3) & ~3
-        return None
+        data = nl.recv(65536)
+        off = 0
+        while off + 16 <= len(data):
+            start = off
+            reply = nsidmsg(data[start:])
+            reply.decode()
+            header = reply["header"]
+            off += max((int(header["length"]) + 3) & ~3, 16)
+            if header["sequence_number"] != seq:
+                continue  # a late answer to an earlier request
+            kind = header["type"]
+            if kind == _NLMSG_ERROR:
+                # struct nlmsgerr: a negative errno right after the header.
+                err = int.from_bytes(data[start + 16 : start + 20], "little", signed=True)
+                if err:
+                    raise OSError(abs(err), os.strerror(abs(err)))
+                return found
+            if kind == _NLMSG_DONE:
+                return found
+            if kind == _RTM_NEWNSID:
+                value = reply.get_attr("NETNSA_NSID")
+                if value is not None and value != _NSID_NOT_ASSIGNED and value < 2**31:
+                    found.append(int(value))
+                if not dump:
+                    return found
 
 
 def _containers(

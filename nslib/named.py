@@ -38,7 +38,7 @@ import stat
 from dataclasses import dataclass
 
 from . import _syscalls as sys_
-from ._procfs import nsfs_dev, unescape_mount_field
+from ._procfs import MountInfo, nsfs_dev, read_mountinfo
 from .errors import InvalidReference, NamespaceExists, NamespaceNotFound, NotANamespace, oserror
 from .handle import NsHandle
 from .names import DEFAULT_RUN_DIR, validate_name
@@ -662,22 +662,15 @@ def run_dir_status(run_dir: str | None = None) -> RunDirStatus:
             return RunDirStatus(d, True, False, None, None)
         return RunDirStatus(d, True, True, group or None, parent_group or None)
     # Kernels before 6.8: the same facts from mountinfo, O(mounts).
-    entries: dict[int, tuple[int, str, int | None]] = {}
+    entries: dict[int, MountInfo] = {}
     top: int | None = None
-    with open("/proc/thread-self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split()
-            mnt_id, parent = int(fields[0]), int(fields[1])
-            point = unescape_mount_field(fields[4])
-            peer = None
-            for opt in fields[6 : fields.index(b"-")]:
-                if opt.startswith(b"shared:"):
-                    peer = int(opt[7:])
-            entries[mnt_id] = (parent, point, peer)
-            if point == real:
-                top = mnt_id  # later lines are mounted on top of earlier ones
+    want = os.fsencode(real)
+    for m in read_mountinfo():
+        entries[m.mount_id] = m
+        if m.mount_point == want:
+            top = m.mount_id  # later lines are mounted on top of earlier ones
     if top is None:
         return RunDirStatus(d, True, False, None, None)
-    parent, _, peer = entries[top]
-    parent_peer = entries[parent][2] if parent in entries else None
-    return RunDirStatus(d, True, True, peer, parent_peer)
+    mine = entries[top]
+    parent_peer = entries[mine.parent_id].shared_peer if mine.parent_id in entries else None
+    return RunDirStatus(d, True, True, mine.shared_peer, parent_peer)

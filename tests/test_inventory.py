@@ -9,6 +9,7 @@ import random
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -403,3 +404,150 @@ def test_a_slow_daemon_costs_at_most_docker_timeout(
     assert inv.docker.startswith("too slow:"), inv.docker
     shown = {c.id for ns in inv for c in ns.containers}
     assert not set(ids) <= shown  # cut short: what was inspected in time is shown
+
+
+# -- holders that an older scan missed ------------------------------------------
+
+
+@contextlib.contextmanager
+def _holder(code: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A python process running *code*, once it printed ``ready``; killed on exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready", "the holder process did not start"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_an_fd_opened_through_a_deleted_name_is_a_holder(run_dir: str, unique: str) -> None:
+    # `ip netns add x`, another process opens /run/netns/x, `ip netns del x`:
+    # that fd alone keeps the namespace alive, and its /proc link reads "/"
+    # (the detached mount), not "net:[...]".
+    with named.create(unique, run_dir=run_dir) as h:
+        key = h.ns_id
+    code = (
+        "import os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); print('ready', flush=True);"
+        " time.sleep(60)"
+    )
+    with _holder(code, os.path.join(run_dir, unique)) as proc:
+        named.delete(unique, run_dir=run_dir)
+        inv = inventory(run_dir=run_dir, docker=False)
+        ns = inv.get(key)
+        assert ns is not None, "a namespace held only by an fd of another process is missing"
+        assert [(f.pid, f.kind) for f in ns.fds] == [(proc.pid, "ns")]
+        assert ns.held_by == ("fds",)
+        data = json.loads(inv.to_json())
+        assert f"{key[0]}:{key[1]}" in {n["ns_id"] for n in data["namespaces"]}
+
+
+def test_a_mount_in_a_mount_namespace_no_process_is_in(tmp_path: Path, unique: str) -> None:
+    # The network namespace is bound in a mount namespace that only a bind
+    # mount of its nsfs file keeps alive (`unshare --mount=FILE`): no
+    # /proc/<pid>/mountinfo shows it.  `lsns` misses a namespace held only by
+    # a mount in another mount namespace, even when a process is in that one.
+    holder = tmp_path / "mnt-holder"
+    holder.mkdir()
+    subprocess.run(["mount", "--bind", str(holder), str(holder)], check=True)
+    try:
+        subprocess.run(["mount", "--make-private", str(holder)], check=True)
+        (holder / "mnt").touch()
+        target = tmp_path / "net-here"
+        target.touch()
+        subprocess.run(
+            [
+                "unshare",
+                f"--mount={holder}/mnt",
+                "--propagation",
+                "private",
+                "unshare",
+                f"--net={target}",
+                "true",
+            ],
+            check=True,
+        )
+        inv = inventory(docker=False)
+        found = [ns for ns in inv if any(m.path == str(target) for m in ns.mounts)]
+        assert len(found) == 1, "a mount in a mount namespace without processes was missed"
+        [mount] = found[0].mounts
+        mnt_ino = os.stat(holder / "mnt").st_ino
+        assert (mount.via_pid, mount.mnt_ns) == (0, mnt_ino)
+        assert found[0].held_by == ("mounts",)
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(holder)], check=False)
+
+
+def test_a_mount_in_another_processes_thread_mount_namespace(tmp_path: Path) -> None:
+    # Mount namespaces are per thread: a worker thread of another process
+    # unshares its filesystem context and mount namespace and binds a
+    # namespace there; its main thread stays in the host's mount namespace.
+    target = tmp_path / "thread-mount"
+    target.touch()
+    code = (
+        "import os, sys, threading, time, ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "def work():\n"
+        "    assert libc.unshare(0x200 | 0x20000) == 0, ctypes.get_errno()\n"
+        "    assert libc.mount(b'none', b'/', None, 0x4000 | 0x40000, None) == 0\n"
+        "    fd = os.open('/proc/self/ns/net', os.O_RDONLY)\n"
+        "    assert libc.unshare(0x40000000) == 0\n"
+        "    src = b'/proc/thread-self/ns/net'\n"
+        "    assert libc.mount(src, sys.argv[1].encode(), None, 4096, None) == 0\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "threading.Thread(target=work, daemon=True).start()\n"
+        "time.sleep(60)\n"
+    )
+    with _holder(code, str(target)) as proc:
+        inv = inventory(docker=False, nsid=False)
+        found = [ns for ns in inv if any(m.path == str(target) for m in ns.mounts)]
+        assert len(found) == 1, "a mount in a thread's own mount namespace was missed"
+        [mount] = [m for m in found[0].mounts if m.path == str(target)]
+        assert mount.via_pid == proc.pid
+
+
+def test_a_namespace_known_only_by_its_nsid(unique: str) -> None:
+    # Its only holder is a process the scan cannot see (here hidden by an
+    # empty tmpfs over /proc/PID, in a private mount namespace): the nsid,
+    # which dies with the namespace, still says it is alive.
+    code = (
+        "import json, os, subprocess, sys\n"
+        "from nslib.inventory import inventory\n"
+        "pid = sys.argv[1]\n"
+        "subprocess.run(['mount', '-t', 'tmpfs', 'none', f'/proc/{pid}'], check=True)\n"
+        "print(inventory(docker=False).to_json())\n"
+    )
+    proc = subprocess.Popen(["unshare", "-n", "sleep", "60"])
+    try:
+        wait_for_exe(proc.pid, "sleep")
+        with nslib.NsHandle.from_pid(proc.pid) as h:
+            nsid = random.randint(100_000, 2_000_000)
+            set_nsid(h.fileno(), nsid)
+        out = subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                sys.executable,
+                "-c",
+                code,
+                str(proc.pid),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        data = json.loads(out.stdout)
+        rows = [n for n in data["namespaces"] if n["nsid"] == nsid]
+        assert len(rows) == 1, "a namespace with an nsid but no visible holder is missing"
+        assert rows[0]["held_by"] == ["nsid"]
+        assert rows[0]["ino"] == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -39,6 +39,7 @@ from nslib import (
     NsHandle,
     named,
 )
+from nslib._procfs import read_mountinfo
 from nslib.names import DEFAULT_RUN_DIR
 
 pytestmark = pytest.mark.root
@@ -48,20 +49,17 @@ pytestmark = pytest.mark.root
 
 def mounts_below(run_dir: str) -> Counter[str]:
     """How many times each name under *run_dir* is a mount point."""
-    prefix = os.path.realpath(run_dir) + "/"
+    prefix = os.fsencode(os.path.realpath(run_dir)) + b"/"
     found: Counter[str] = Counter()
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].replace("\\040", " ")
-            if point.startswith(prefix):
-                found[point[len(prefix) :]] += 1
+    for m in read_mountinfo("/proc/self/mountinfo"):
+        if m.mount_point.startswith(prefix):
+            found[os.fsdecode(m.mount_point[len(prefix) :])] += 1
     return found
 
 
 def mounts_at(path: str) -> int:
-    real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return sum(1 for line in f if line.split()[4] == real)
+    real = os.fsencode(os.path.realpath(path))
+    return sum(1 for m in read_mountinfo("/proc/self/mountinfo") if m.mount_point == real)
 
 
 def entries(run_dir: str) -> list[str]:
