@@ -11,6 +11,7 @@ import errno as _errno
 import os
 
 __all__ = [
+    "CNIError",
     "ClosedHandleError",
     "DockerUnavailableError",
     "InvalidName",
@@ -99,6 +100,31 @@ class DockerUnavailableError(ConnectionError, NslibError):
 
 class PluginDisabledError(RuntimeError, NslibError):
     """The namespace plugin was configured as disabled."""
+
+
+class CNIError(NslibError):
+    """A CNI plugin (or the CNI runtime) failed; the spec's error object.
+
+    :ivar code: the spec's error code (1 incompatible version, 2 unsupported
+        field, 3 unknown container, 4 invalid environment, 5 I/O failure,
+        6 cannot decode, 7 invalid config, 11 try again later, 100+ the
+        plugin's own).
+    :ivar msg: the short message.
+    :ivar details: the longer explanation, or ``""``.
+    """
+
+    #: The plugin type that failed, if a plugin did.
+    plugin: str = ""
+    #: After a failed ADD, True when the DEL that undid it succeeded.
+    cleaned_up: bool = False
+    #: After a failed ADD, the error of the DEL that tried to undo it.
+    cleanup_error: BaseException | None = None
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(f"{msg}: {details}" if details else msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
 
 
 def oserror(err: int, what: str, path: str | None = None) -> OSError:
