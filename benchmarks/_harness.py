@@ -10,19 +10,58 @@ ratio above 1 means nslib is that many times faster.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 BIN = HERE / "bin"
 CSRC = HERE / "csrc"
+DOCKERD = HERE.parent / "tests" / "dockerd.py"
+
+
+def dockerd() -> ModuleType:
+    """The test suite's private-dockerd harness, ``tests/dockerd.py``, as a module.
+
+    The docker benchmarks reuse it rather than copy it.  ``tests/`` is not a
+    package (pytest puts it on ``sys.path`` itself), so the one file is loaded
+    by its path here, the only place that does so; ``sys.path`` stays
+    untouched.  Benchmarks write ``from benchmarks._harness import
+    PrivateDockerd`` (see ``__getattr__`` below).
+    """
+    name = "_nslib_tests_dockerd"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, DOCKERD)
+    if spec is None or spec.loader is None or not DOCKERD.is_file():
+        raise ImportError(f"the docker benchmarks need the test harness {DOCKERD}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look a module up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def __getattr__(name: str) -> object:
+    """``PrivateDockerd``, ``run_container`` ...: loaded from the docker harness on first use."""
+    if name.startswith("_"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return getattr(dockerd(), name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 @dataclass
@@ -163,9 +202,7 @@ def save_json(path: Path, results: list[Result], targets: list[Target]) -> None:
 
 
 def main(run: Callable[[bool], tuple[list[Result], list[Target]]]) -> None:
-    """Entry point for one benchmark module: ``python benchmarks/bench_x.py [--quick]``."""
-    import sys
-
+    """Entry point for one benchmark module: ``python -m benchmarks.bench_x [--quick]``."""
     quick = "--quick" in sys.argv
     results, targets = run(quick)
     print(f"Machine: {machine()}\n")

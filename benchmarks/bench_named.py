@@ -32,16 +32,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _harness import Result, Target, main, per_op, run_c
-
+from benchmarks._harness import Result, Target, main, per_op, run_c
 from nslib import NsHandle, named
 from nslib._procfs import read_mountinfo
 from nslib.names import DEFAULT_RUN_DIR

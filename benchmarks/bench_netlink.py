@@ -33,19 +33,12 @@ import contextlib
 import gc
 import os
 import statistics
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from _harness import Result, Target, main, percentile
 
 import nslib
+from benchmarks._harness import Result, Target, main, percentile
 from nslib import named
 from nslib import netlink as nl
 
@@ -125,7 +118,7 @@ def bench_iproute(quick: bool) -> tuple[list[Result], list[Target]]:
 
 
 def bench_pending(quick: bool) -> tuple[list[Result], list[Target]]:
-    from dockerd import PrivateDockerd, run_container
+    from benchmarks._harness import PrivateDockerd, run_container
 
     starts = 5 if quick else 20
     tag = f"nsbench{os.getpid()}{uuid.uuid4().hex[:4]}"

@@ -21,18 +21,12 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from _harness import Result, Target, main
 
 import nslib
+from benchmarks._harness import Result, Target, main
 from nslib import named
 
 TRUE = shutil.which("true") or "/bin/true"

@@ -19,15 +19,10 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
-import sys
 import threading
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _harness import Result, Target, main, per_op, run_c
 
 import nslib
+from benchmarks._harness import Result, Target, main, per_op, run_c
 
 PAIR = "switch pair (enter+leave)"
 SOCK = "socket in namespace"

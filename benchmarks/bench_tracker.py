@@ -27,20 +27,13 @@ from __future__ import annotations
 
 import random
 import statistics
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from _harness import Result, Target, main, percentile
-
 import nslib
+from benchmarks._harness import Result, Target, main, percentile
 
 G_DETECT = "microservice detection latency (p95)"
 G_SYNC = "initial sync of running containers"
@@ -86,7 +79,7 @@ def tracker_latencies(
     client: Any, stamps: StartStamps, tag: str, n: int
 ) -> tuple[list[float], list[Any]]:
     """Start *n* labelled containers one by one; seconds from start event to callback."""
-    from dockerd import run_container
+    from benchmarks._harness import run_container
 
     seen: dict[str, int] = {}
     cond = threading.Condition()
@@ -118,7 +111,7 @@ def polling_latencies(
     client: Any, stamps: StartStamps, tag: str, n: int, interval: float = 1.0
 ) -> list[float]:
     """The same, seen by a poller that lists and inspects everything every *interval*."""
-    from dockerd import run_container
+    from benchmarks._harness import run_container
 
     seen: dict[str, int] = {}
     cond = threading.Condition()
@@ -192,7 +185,7 @@ def _ms(x: float) -> float:
 
 
 def run(quick: bool) -> tuple[list[Result], list[Target]]:
-    from dockerd import PrivateDockerd
+    from benchmarks._harness import PrivateDockerd
 
     n_events = 20 if quick else 50
     n_poll = 6 if quick else 20

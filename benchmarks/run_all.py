@@ -1,8 +1,11 @@
 """Run every benchmark in one go and write the report.
 
-    python benchmarks/run_all.py [--quick] [--only switching,named,...]
+    python -m benchmarks.run_all [--quick] [--only switching,named,...]
 
-Writes ``benchmarks/results/latest.md`` (the table with ratios and targets),
+Run it from the root of a source checkout (``nslib bench`` does that for
+you), as root, with the ``bench`` extra installed (``pip install -e
+'.[bench]'``) and gcc for the raw-C limits.  Writes
+``benchmarks/results/latest.md`` (the table with ratios and targets),
 ``latest.json`` and ``ratios.png`` (nslib versus each alternative, per
 operation).  Each module runs in this one process, one after another, so the
 numbers come from one run on one machine.
@@ -12,20 +15,33 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import os
+import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from benchmarks._harness import Result, Target, machine, markdown, ratios, save_json
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))  # the private dockerd harness
-
-from _harness import Result, Target, machine, markdown, ratios, save_json  # noqa: E402
-
 #: Benchmark modules in report order; each has run(quick) -> (results, targets).
 MODULES = ["switching", "named", "netlink", "tracker", "process"]
 RESULTS = HERE / "results"
+
+
+def missing_requirements() -> list[str]:
+    """What this host lacks to run the benchmarks, in words (empty when nothing)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (they create namespaces and mounts)")
+    if shutil.which("gcc") is None:
+        missing.append("gcc (the raw-C limits are compiled on first use)")
+    extra = [m for m in ("matplotlib", "netns") if importlib.util.find_spec(m) is None]
+    if extra:
+        missing.append(f"the bench extra, pip install -e '.[bench]' (missing: {', '.join(extra)})")
+    return missing
 
 
 def _short(text: str, limit: int) -> str:
@@ -78,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="where to write the report")
     args = p.parse_args(argv)
     chosen = [m for m in MODULES if not args.only or m in args.only.split(",")]
+    missing = missing_requirements()
+    if missing:
+        print("the benchmarks need " + "; ".join(missing), file=sys.stderr)
+        return 2
 
     results: list[Result] = []
     targets: list[Target] = []
@@ -87,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         t0 = time.monotonic()
         try:
-            mod = importlib.import_module(f"bench_{name}")
+            mod = importlib.import_module(f"benchmarks.bench_{name}")
             res, tgt = mod.run(args.quick)
         except Exception:
             traceback.print_exc()

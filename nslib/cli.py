@@ -398,26 +398,33 @@ def cmd_ms_watch(args: argparse.Namespace) -> int:
 
 def _benchmarks_dir() -> Path | None:
     for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        candidate = base / "benchmarks" / "run_all.py"
-        if candidate.is_file():
-            return candidate.parent
+        candidate = base / "benchmarks"
+        if (candidate / "__init__.py").is_file() and (candidate / "run_all.py").is_file():
+            return candidate
     return None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``nslib bench [ARGS...]``: ``benchmarks/run_all.py``'s ``main(ARGS)``."""
+    """``nslib bench [ARGS...]``: ``python -m benchmarks.run_all ARGS`` of a source checkout."""
+    import importlib
     import importlib.util
 
     where = _benchmarks_dir()
     if where is None:
         raise CliError(
-            "the benchmarks are not installed with this copy of nslib; run `nslib bench` "
-            "from a source checkout (pip install -e .)"
+            "the benchmarks live in nslib's source tree, not in the installed package: run "
+            "`nslib bench` from the root of a checkout, or from an editable install of one "
+            "(pip install -e '.[bench]'); they also need root and gcc"
         )
-    spec = importlib.util.spec_from_file_location("nslib_run_all", where / "run_all.py")
+    # The checkout's `benchmarks` package, imported by its path (it is not on
+    # sys.path) and run in this process, so Ctrl-C reaches its cleanup.
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks", where / "__init__.py", submodule_search_locations=[str(where)]
+    )
     assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules["benchmarks"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["benchmarks"])
+    module: Any = importlib.import_module("benchmarks.run_all")
     status = module.main(list(args.rest))
     return int(status or 0)
 
