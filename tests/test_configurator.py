@@ -561,19 +561,20 @@ def test_a_failing_retry_reports_once(plugin: NsPlugin, caplog: pytest.LogCaptur
 def test_a_dead_worker_fails_its_items_and_is_replaced(
     plugin: NsPlugin, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An unexpected error inside a worker (here: EMFILE while re-pinning) must not
+    """An unexpected error inside a worker (here: EMFILE) must not
     leave its namespace without a worker: its items are FAILED with the error and
-    the next declaration starts a fresh worker."""
+    the next declaration starts a fresh worker.  (Injected at the end of a pass,
+    where the worker decides which netlink sessions to keep.)"""
     import errno
 
-    from nslib import configurator as cfg
+    from nslib.configurator import worker
 
     def emfile(self: object, s: object, items: object) -> None:
         raise OSError(errno.EMFILE, "Too many open files (injected)")
 
     with Configurator(plugin, apply_timeout=3) as conf, nslib.NsHandle.new() as other:
         ref = NetNamespace.path(f"/proc/self/fd/{other.fileno()}")
-        monkeypatch.setattr(cfg._Worker, "_repin", emfile)
+        monkeypatch.setattr(worker._Worker, "_keep_sessions", emfile)
         with caplog.at_level("ERROR", logger="nslib.configurator"):
             veth = conf.add_veth("nlt-dw0", "nlt-dw0p", ns=ref)
             veth.wait(FAILED, timeout=5)
