@@ -1,6 +1,6 @@
 """Named namespaces: nslib.named versus raw C, pyroute2 and `ip netns`.
 
-    python benchmarks/bench_named.py [--quick]
+    python -m benchmarks.bench_named [--quick]
 
 Groups:
 - "named create+delete": one create (handle closed) + delete per op, in the

@@ -1,6 +1,6 @@
 """Switching benchmark: nslib against raw C and the Python alternatives.
 
-    python benchmarks/bench_switching.py [--quick]
+    python -m benchmarks.bench_switching [--quick]
 
 Two groups, all measured in one run on the main thread (pyroute2 and
 ``netns`` save ``/proc/self/ns/net``, which is only right there):
