@@ -24,6 +24,9 @@ int nslib_mount(const char *src, const char *target, const char *fstype,
 		unsigned long flags, const char *data);
 int nslib_umount2(const char *target, int flags);
 
+int nslib_pidfd_open(int pid);
+int nslib_pidfd_getfd(int pidfd, int targetfd);
+
 int nslib_open_current(void);
 int nslib_open_netns(int dirfd, const char *path, int *nstype);
 int nslib_check_netns(int fd, int *nstype);
@@ -43,3 +46,54 @@ int nslib_new_netns(void);
 int nslib_mount_peers(const char *path, unsigned long long *peer,
 		      unsigned long long *parent_peer);
 int nslib_prepare_exec(int netfd);
+
+/* ---- spawning into several namespaces (csrc/spawn.c, spawn.h) ---- */
+#define NSLIB_STEP_SETNS ...
+#define NSLIB_STEP_SETGROUPS ...
+#define NSLIB_STEP_SETGID ...
+#define NSLIB_STEP_SETUID ...
+#define NSLIB_STEP_ROOT ...
+#define NSLIB_STEP_CWD ...
+#define NSLIB_STEP_FORK ...
+#define NSLIB_STEP_FDS ...
+#define NSLIB_STEP_SESSION ...
+#define NSLIB_STEP_EXEC ...
+#define NSLIB_STEP_CLONE ...
+#define NSLIB_STEP_PIPE ...
+#define NSLIB_SPAWN_CLOSE_FDS ...
+#define NSLIB_SPAWN_RESTORE_SIGNALS ...
+#define NSLIB_SPAWN_SETSID ...
+#define NSLIB_SPAWN_CREDS ...
+#define NSLIB_KIND_ENOTNS ...
+#define NSLIB_KIND_EWRONGTYPE ...
+#define NSLIB_SPAWN_MAX_NS 8
+
+struct nslib_spawn_req {
+	char *const *argv;
+	char *const *envp;
+	char *const *exec_paths;
+	int ns_fds[NSLIB_SPAWN_MAX_NS];
+	int ns_types[NSLIB_SPAWN_MAX_NS];
+	int n_ns;
+	int pidfd;
+	int pidfd_types;
+	int root_fd;
+	int cwd_fd;
+	const char *cwd_path;
+	int stdin_fd, stdout_fd, stderr_fd;
+	const int *keep_fds;
+	int n_keep;
+	int flags;
+	int pgid;
+	int umask;
+};
+
+struct nslib_spawn_err {
+	int step;
+	int kind;
+	int err;
+};
+
+int nslib_spawn(const struct nslib_spawn_req *req, struct nslib_spawn_err *out);
+int nslib_open_kind(int dirfd, const char *path, int want, int *nstype);
+int nslib_check_kind(int fd, int want, int *nstype);
