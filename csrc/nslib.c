@@ -25,7 +25,7 @@
 #include <linux/magic.h>
 #include <linux/nsfs.h>
 
-#define NSLIB_ABI 5
+#define NSLIB_ABI 6
 
 #define NSLIB_ENOTNS -2		/* the file is not a namespace at all */
 #define NSLIB_EWRONGTYPE -3	/* a namespace, but not a network one */
@@ -142,6 +142,28 @@ static int nslib_mount(const char *src, const char *target, const char *fstype,
 static int nslib_umount2(const char *target, int flags)
 {
 	return umount2(target, flags);
+}
+
+/*
+ * pidfd_open(2) and pidfd_getfd(2) by number: glibc 2.36 has no wrapper for
+ * pidfd_getfd, and both numbers are the same on every architecture.  The
+ * fds they return are close-on-exec (pidfd_getfd sets it itself).
+ */
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+
+static int nslib_pidfd_open(int pid)
+{
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static int nslib_pidfd_getfd(int pidfd, int targetfd)
+{
+	return (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, 0);
 }
 
 /* The calling thread's namespace; /proc/self would be the main thread's. */

@@ -18,7 +18,7 @@ ffi = _native.ffi
 lib = _native.lib
 
 # A stale .so in an editable checkout would silently miss newer shims.
-_ABI = 5
+_ABI = 6
 if lib.NSLIB_ABI != _ABI:  # pragma: no cover
     raise ImportError(f"nslib._native ABI {lib.NSLIB_ABI} != {_ABI}; rebuild (pip install -e .)")
 
@@ -110,6 +110,32 @@ def open_netns(path: bytes, what: str, dirfd: int = AT_FDCWD) -> int:
     fd = lib.nslib_open_netns(dirfd, path, nstype)
     if fd < 0:
         fail(fd, what, os.fsdecode(path), nstype[0])
+    return fd
+
+
+def pidfd_open(pid: int) -> int:
+    """``pidfd_open(2)``: a close-on-exec fd referring to process *pid*.
+
+    :raises NamespaceNotFound: no such process (ESRCH).
+    :raises OSError: any other failure, with its errno.
+    """
+    fd = lib.nslib_pidfd_open(pid)
+    if fd < 0:
+        fail(-1, f"pidfd_open(pid {pid})", f"/proc/{pid}")
+    return fd
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """``pidfd_getfd(2)``: a close-on-exec duplicate of another process's fd.
+
+    Needs ``PTRACE_MODE_ATTACH_REALCREDS`` over the process (root has it).
+
+    :raises OSError: EBADF (no such fd in that process), EPERM, ESRCH (it
+        exited; :class:`NamespaceNotFound`), with the errno.
+    """
+    fd = lib.nslib_pidfd_getfd(pidfd, targetfd)
+    if fd < 0:
+        fail(-1, f"pidfd_getfd(pidfd {pidfd}, fd {targetfd})")
     return fd
 
 

@@ -214,3 +214,64 @@ def test_leave_without_enter_is_out_of_order() -> None:
     with pytest.raises(RuntimeError, match="out of order"):
         sys_.leave(1, "nothing")
     assert sys_.depth() == 0
+
+
+def test_pidfd_open_and_getfd_are_cloexec(fd_baseline: set[int]) -> None:
+    r, w = os.pipe()
+    try:
+        pidfd = sys_.pidfd_open(os.getpid())
+        try:
+            assert not os.get_inheritable(pidfd)
+            dup = sys_.pidfd_getfd(pidfd, w)
+            try:
+                assert not os.get_inheritable(dup)
+                assert os.fstat(dup).st_ino == os.fstat(w).st_ino
+            finally:
+                os.close(dup)
+        finally:
+            os.close(pidfd)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_pidfd_errors_are_typed() -> None:
+    with pytest.raises(NamespaceNotFound):
+        sys_.pidfd_open(2**22 + 1)  # above pid_max's ceiling: never a process
+    pidfd = sys_.pidfd_open(os.getpid())
+    try:
+        with pytest.raises(OSError) as info:
+            sys_.pidfd_getfd(pidfd, 2**20)
+        assert info.value.errno == errno.EBADF
+    finally:
+        os.close(pidfd)
+
+
+def _header_names() -> tuple[set[str], set[str]]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "csrc" / "nslib.h").read_text()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    consts = set(re.findall(r"^#define\s+(\w+)", text, flags=re.M))
+    funcs = set(re.findall(r"\b(nslib_\w+)\s*\(", text))
+    return consts, funcs
+
+
+def test_stub_matches_header() -> None:
+    import ast
+    from pathlib import Path
+
+    stub = ast.parse((Path(sys_.__file__).parent / "_native.pyi").read_text())
+    lib_cls = next(n for n in stub.body if isinstance(n, ast.ClassDef) and n.name == "_Lib")
+    stub_funcs = {n.name for n in lib_cls.body if isinstance(n, ast.FunctionDef)}
+    stub_consts = {
+        n.target.id
+        for n in lib_cls.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
+    consts, funcs = _header_names()
+    assert stub_funcs == funcs, "nslib/_native.pyi and csrc/nslib.h list different functions"
+    assert stub_consts == consts, "nslib/_native.pyi and csrc/nslib.h list different constants"
+    for name in funcs | consts:
+        assert hasattr(sys_.lib, name), f"the built extension lacks {name}: rebuild"
