@@ -1,0 +1,418 @@
+"""nslib.monitor on the real kernel: inotify, mount-table changes and rtnetlink nsid events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import random
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import caps
+import pytest
+from helpers import PREFIX, unmount_tree
+
+from nslib import named
+from nslib.monitor import EventKind, NamespaceEvent, NamespaceMonitor, RunDirError
+
+pytestmark = pytest.mark.root
+
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+QUIET = 0.3  # how long "no event" is waited for
+
+
+def mount_ns(path: str) -> tuple[int, int]:
+    """Bind a fresh namespace onto the existing file *path* (util-linux, not nslib)."""
+    subprocess.run(["unshare", f"--net={path}", "true"], check=True)
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+def next_of(
+    mon: NamespaceMonitor, kinds: tuple[EventKind, ...], timeout: float = 5.0
+) -> NamespaceEvent:
+    """The next event of one of *kinds* (others, e.g. nsid events, are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ev = mon.get(max(0.0, deadline - time.monotonic()))
+        assert ev is not None, f"no {kinds} event within {timeout} s"
+        if ev.kind in kinds:
+            return ev
+
+
+NAME_EVENTS = (EventKind.ADDED, EventKind.DELETED)
+
+
+@pytest.fixture
+def mon_dir(run_dir: str) -> Iterator[str]:
+    os.makedirs(run_dir)
+    yield run_dir
+
+
+def test_added_only_once_the_namespace_is_mounted(mon_dir: str, fd_baseline: set[int]) -> None:
+    path = os.path.join(mon_dir, "blue")
+    with NamespaceMonitor([mon_dir], nsids=False) as mon:
+        open(path, "w").close()  # the bare placeholder: not a namespace yet
+        assert mon.get(QUIET) is None
+        ident = mount_ns(path)
+        ev = mon.get(5)
+        assert ev == NamespaceEvent(EventKind.ADDED, "blue", path, mon_dir, ident, None)
+        assert mon.names() == {path: ident}
+        # ip netns del's order: unmount, then unlink.  The unmount is the deletion.
+        subprocess.run(["umount", "-l", path], check=True)
+        ev = mon.get(5)
+        assert ev is not None and (ev.kind, ev.name, ev.ns_id) == (EventKind.DELETED, "blue", ident)
+        os.unlink(path)
+        assert mon.get(QUIET) is None  # not deleted twice
+
+
+def test_named_create_and_delete(mon_dir: str, unique: str) -> None:
+    with NamespaceMonitor([mon_dir]) as mon:
+        with named.create(unique, run_dir=mon_dir) as h:
+            ident = h.ns_id
+        ev = next_of(mon, NAME_EVENTS)
+        assert (ev.kind, ev.name, ev.ns_id, ev.initial) == (EventKind.ADDED, unique, ident, False)
+        named.delete(unique, run_dir=mon_dir)
+        ev = next_of(mon, NAME_EVENTS)
+        assert (ev.kind, ev.name, ev.ns_id) == (EventKind.DELETED, unique, ident)
+
+
+def test_a_name_remounted_with_another_namespace(mon_dir: str) -> None:
+    path = os.path.join(mon_dir, "n")
+    open(path, "w").close()
+    first = mount_ns(path)
+    with NamespaceMonitor([mon_dir], nsids=False) as mon:
+        second = mount_ns(path)  # stacked on top: the name now means another namespace
+        a, b = mon.get(5), mon.get(5)
+        assert a is not None and b is not None
+        assert (a.kind, a.ns_id, b.kind, b.ns_id) == (
+            EventKind.DELETED,
+            first,
+            EventKind.ADDED,
+            second,
+        )
+    unmount_tree(path)
+
+
+def test_initial_batch_then_nothing_missed(mon_dir: str) -> None:
+    before = {}
+    for i in range(5):
+        p = os.path.join(mon_dir, f"old{i}")
+        open(p, "w").close()
+        before[f"old{i}"] = mount_ns(p)
+    open(os.path.join(mon_dir, "stale"), "w").close()  # never reported
+    made: dict[str, tuple[int, int]] = {}
+    stop = threading.Event()
+
+    def churn() -> None:  # keeps adding while the monitor starts
+        i = 0
+        while not stop.is_set() and i < 40:
+            p = os.path.join(mon_dir, f"new{i}")
+            open(p, "w").close()
+            made[f"new{i}"] = mount_ns(p)
+            i += 1
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        time.sleep(0.05)
+        mon = NamespaceMonitor([mon_dir], initial=True, nsids=False)
+    finally:
+        stop.set()
+        t.join()
+    with mon:
+        seen: dict[str, tuple[int, int]] = {}
+        initial = []
+        while True:
+            ev = mon.get(QUIET)
+            if ev is None:
+                break
+            assert ev.kind is EventKind.ADDED and ev.name not in seen, ev
+            assert ev.ns_id is not None
+            seen[ev.name] = ev.ns_id
+            initial.append(ev.initial)
+        # The first batch is flagged, and nothing initial comes after a live event.
+        assert initial == sorted(initial, reverse=True)
+        assert all(initial[: len(before)])
+    assert seen == before | made
+
+
+def test_missing_run_dir_appears_goes_and_comes_back(run_dir: str) -> None:
+    # run_dir's parent exists; make it two levels deep to exercise the ancestor watch.
+    deep = os.path.join(run_dir, "a", "b")
+    with NamespaceMonitor([deep], nsids=False) as mon:
+        assert mon.get(0.1) is None
+        os.makedirs(deep)
+        p = os.path.join(deep, "x")
+        open(p, "w").close()
+        ident = mount_ns(p)
+        ev = next_of(mon, NAME_EVENTS)
+        assert (ev.kind, ev.name, ev.ns_id) == (EventKind.ADDED, "x", ident)
+        # The whole directory goes (the mount with it): the name is deleted.
+        subprocess.run(["umount", "-l", p], check=True)
+        os.unlink(p)
+        os.rmdir(deep)
+        ev = next_of(mon, NAME_EVENTS)
+        assert (ev.kind, ev.name) == (EventKind.DELETED, "x")
+        os.makedirs(deep)
+        p = os.path.join(deep, "y")
+        open(p, "w").close()
+        ident = mount_ns(p)
+        ev = next_of(mon, NAME_EVENTS)
+        assert (ev.kind, ev.name, ev.ns_id) == (EventKind.ADDED, "y", ident)
+
+
+def test_a_run_dir_mounted_over_is_rescanned(mon_dir: str) -> None:
+    p = os.path.join(mon_dir, "under")
+    open(p, "w").close()
+    ident = mount_ns(p)
+    with NamespaceMonitor([mon_dir], initial=True, nsids=False) as mon:
+        assert next_of(mon, NAME_EVENTS).name == "under"
+        subprocess.run(["mount", "-t", "tmpfs", "none", mon_dir], check=True)
+        ev = next_of(mon, NAME_EVENTS)
+        assert (ev.kind, ev.name, ev.ns_id) == (EventKind.DELETED, "under", ident)
+        q = os.path.join(mon_dir, "over")
+        open(q, "w").close()
+        ident2 = mount_ns(q)
+        ev = next_of(mon, NAME_EVENTS)
+        assert (ev.kind, ev.name, ev.ns_id) == (EventKind.ADDED, "over", ident2)
+
+
+# -- bad input --------------------------------------------------------------
+
+
+def test_run_dir_that_is_a_file(run_dir: str, fd_baseline: set[int]) -> None:
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    open(run_dir, "w").close()
+    with pytest.raises(RunDirError) as e:
+        NamespaceMonitor([run_dir])
+    assert e.value.errno == errno.ENOTDIR and isinstance(e.value, OSError)
+    assert run_dir in str(e.value)
+
+
+def test_run_dir_symlink_loop(run_dir: str, fd_baseline: set[int]) -> None:
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    other = run_dir + "2"
+    os.symlink(other, run_dir)
+    os.symlink(run_dir, other)
+    with pytest.raises(RunDirError) as e:
+        NamespaceMonitor([run_dir])
+    assert e.value.errno == errno.ELOOP
+
+
+def test_unreadable_run_dir(mon_dir: str, fd_baseline: set[int]) -> None:
+    os.chmod(mon_dir, 0)
+    # Root reads anything; without these two capabilities (this thread only) it cannot.
+    with (
+        caps.drop_effective(CAP_DAC_OVERRIDE),
+        caps.drop_effective(CAP_DAC_READ_SEARCH),
+        pytest.raises(RunDirError) as e,
+    ):
+        NamespaceMonitor([mon_dir])
+    assert e.value.errno == errno.EACCES
+
+
+def test_nul_in_run_dir() -> None:
+    with pytest.raises(RunDirError):
+        NamespaceMonitor(["/run/ne\0tns"])
+
+
+# -- ways to consume ---------------------------------------------------------
+
+
+def test_close_from_another_thread_ends_iteration(mon_dir: str, fd_baseline: set[int]) -> None:
+    mon = NamespaceMonitor([mon_dir])
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.extend(mon))
+    t.start()
+    time.sleep(0.1)
+    mon.close()
+    t.join(5)
+    assert not t.is_alive() and got == []
+    assert mon.get() is None
+    mon.close()  # idempotent
+
+
+def test_close_from_another_thread_ends_async_iteration(
+    mon_dir: str, fd_baseline: set[int]
+) -> None:
+    async def main() -> list[NamespaceEvent]:
+        mon = NamespaceMonitor([mon_dir], nsids=False)
+        threading.Timer(0.1, mon.close).start()
+        return [ev async for ev in mon]
+
+    assert asyncio.run(main()) == []
+
+
+def test_async_iteration_gets_events(mon_dir: str) -> None:
+    path = os.path.join(mon_dir, "x")
+
+    async def main() -> NamespaceEvent:
+        async with NamespaceMonitor([mon_dir], nsids=False) as mon:
+            open(path, "w").close()
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(None, mount_ns, path)
+            ev = await anext(mon)
+            await fut
+            return ev
+
+    ev = asyncio.run(main())
+    assert (ev.kind, ev.name) == (EventKind.ADDED, "x")
+
+
+def test_callbacks_and_close_from_a_callback(mon_dir: str, fd_baseline: set[int]) -> None:
+    seen: list[NamespaceEvent] = []
+    done = threading.Event()
+
+    def on_event(ev: NamespaceEvent) -> None:
+        seen.append(ev)
+        if ev.kind is EventKind.ADDED:
+            mon.close()  # from the dispatcher thread itself
+            done.set()
+
+    def broken(ev: NamespaceEvent) -> None:
+        raise RuntimeError("a broken subscriber")
+
+    mon = NamespaceMonitor([mon_dir], nsids=False)
+    mon.subscribe(broken)
+    mon.subscribe(on_event)
+    with pytest.raises(RuntimeError):
+        next(iter(mon))  # one stream: callbacks have it
+    p = os.path.join(mon_dir, "cb")
+    open(p, "w").close()
+    mount_ns(p)
+    assert done.wait(5)
+    assert [e.name for e in seen] == ["cb"]
+    with pytest.raises(RuntimeError):
+        mon.subscribe(on_event)
+
+
+# -- nsids -------------------------------------------------------------------
+
+
+def test_nsid_events_name_the_namespace(mon_dir: str, unique: str) -> None:
+    with NamespaceMonitor([mon_dir]) as mon:
+        named.create(unique, run_dir=mon_dir).close()
+        added = next_of(mon, NAME_EVENTS)
+        assert added.nsid is None
+        subprocess.run(
+            ["ip", "netns", "set", os.path.join(mon_dir, unique), "auto"],
+            check=False,
+            capture_output=True,
+        )
+        # `ip netns set` only takes names in /run/netns: assign through nslib's own netlink.
+        from nslib._nsid import NSID_AUTO, Rtnl
+
+        fd = os.open(os.path.join(mon_dir, unique), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with Rtnl() as r:
+                r.set(fd, NSID_AUTO, "test")
+                nsid = r.get(fd)
+        finally:
+            os.close(fd)
+        ev = next_of(mon, (EventKind.NSID_ADDED,))
+        assert (ev.name, ev.nsid, ev.ns_id) == (unique, nsid, added.ns_id)
+        named.delete(unique, run_dir=mon_dir)  # the last holder: the namespace dies
+        ev = next_of(mon, (EventKind.DELETED,))
+        assert ev.nsid == nsid
+        ev = next_of(mon, (EventKind.NSID_DELETED,))
+        assert (ev.name, ev.nsid) == (unique, nsid)
+
+
+# -- side by side with `ip netns monitor` -------------------------------------
+
+
+def _ip_monitor() -> subprocess.Popen[bytes]:
+    # Line-buffered: ip writes with printf and would lose its buffer on SIGTERM.
+    p = subprocess.Popen(["stdbuf", "-oL", "ip", "netns", "monitor"], stdout=subprocess.PIPE)
+    time.sleep(0.2)  # its inotify watch is armed right after start-up
+    return p
+
+
+@pytest.mark.slow
+def test_side_by_side_with_ip_netns_monitor() -> None:
+    """200 random adds and deletes in the host's /run/netns, from 4 nslib threads and 2 `ip` loops.
+
+    Each actor owns its names, and never touches the name it touched last,
+    so a name stays mounted at least as long as one other operation takes:
+    the monitor reports mounts it sees, and a mount made and removed
+    between two of its looks is not seen by any inotify/mountinfo watcher.
+    """
+    rnd = random.Random(os.getpid())
+    prefix = f"{PREFIX}m"
+    actors = 6
+    names = [[f"{prefix}{a}x{i}" for i in range(5)] for a in range(actors)]
+    plans = []
+    for a in range(actors):
+        state = dict.fromkeys(names[a], False)
+        plan, last = [], None
+        for _ in range(200 // actors + 1):
+            name = rnd.choice([n for n in names[a] if n != last])
+            plan.append((name, not state[name]))
+            state[name] = not state[name]
+            last = name
+        plan += [(n, False) for n, up in state.items() if up]  # leave nothing behind
+        plans.append(plan)
+
+    def nslib_actor(plan: list[tuple[str, bool]]) -> None:
+        for name, add in plan:
+            if add:
+                named.create(name).close()
+            else:
+                named.delete(name)
+
+    def ip_script(plan: list[tuple[str, bool]]) -> str:
+        return "\n".join(f"netns {'add' if add else 'del'} {name}" for name, add in plan) + "\n"
+
+    ip_mon = _ip_monitor()
+    mon = NamespaceMonitor(["/run/netns"], nsids=False)
+    ours: dict[str, list[str]] = defaultdict(list)
+
+    def collect() -> None:
+        for ev in mon:
+            if ev.name and ev.name.startswith(prefix):
+                ours[ev.name].append(ev.kind.value)
+
+    reader = threading.Thread(target=collect)
+    reader.start()
+    try:
+        threads = [threading.Thread(target=nslib_actor, args=(plans[a],)) for a in range(4)]
+        procs = []
+        for t in threads:
+            t.start()
+        for a in (4, 5):
+            procs.append(subprocess.Popen(["ip", "-batch", "-"], stdin=subprocess.PIPE, text=True))
+            assert procs[-1].stdin is not None
+            procs[-1].stdin.write(ip_script(plans[a]))
+            procs[-1].stdin.close()
+        for t in threads:
+            t.join()
+        for p in procs:
+            assert p.wait(60) == 0
+        time.sleep(0.5)
+    finally:
+        mon.close()
+        reader.join(5)
+        ip_mon.terminate()
+        out, _ = ip_mon.communicate(timeout=5)
+        for n in {n for ns in names for n in ns}:
+            with contextlib.suppress(OSError):
+                named.delete(n)
+    theirs: dict[str, list[str]] = defaultdict(list)
+    for line in out.decode("utf-8", "surrogateescape").splitlines():
+        kind, _, name = line.partition(" ")
+        if name.startswith(prefix):
+            theirs[name].append(kind)
+    expected = {
+        n: ["add" if add else "delete" for m, add in plan if m == n]
+        for plan in plans
+        for n in {m for m, _ in plan}
+    }
+    assert dict(theirs) == expected  # ip netns monitor itself saw every operation
+    assert dict(ours) == expected
