@@ -347,3 +347,266 @@ def test_move_link_keeps_any_config(prefixes, up, mtu) -> None:
         after = nl.move_link("nlt-h", b, src=a)
         assert set(after.addresses) == set(before.addresses)
         assert (after.up, after.mtu) == (up, mtu)
+
+
+# -- Session ------------------------------------------------------------------------
+
+
+def test_session_every_link_method(pair, home_ns, fd_baseline, forks) -> None:
+    a, b = pair
+    with nl.Session(a) as sa, nl.Session(b) as sb:
+        assert sa.ns_id == a.ns_id and sb.ns_id == b.ns_id
+        assert f"net:[{a.ns_id[1]}]" in sa.what and "open" in repr(sa)
+        sa.add_veth("nlt-s1", "nlt-s2", peer_ns=sb, mtu=1400)
+        assert sa.list_links() == ["lo", "nlt-s1"] and sb.list_links() == ["lo", "nlt-s2"]
+        index = sa.find_link("nlt-s1")
+        assert index is not None and sa.link_index("nlt-s1") == index
+        assert sa.link_index(index) == index  # an index costs no request
+        assert sa.find_link("nlt-none") is None
+        info = sa.get_link("nlt-s1")
+        assert (info.index, info.name, info.mtu, info.up, info.kind) == (
+            index,
+            "nlt-s1",
+            1400,
+            False,
+            "veth",
+        )
+        assert sa.get_link(index) == info
+        sa.set_mtu(index, 1300)
+        sa.set_link_up("nlt-s1")
+        assert (sa.get_link("nlt-s1").mtu, sa.get_link("nlt-s1").up) == (1300, True)
+        sa.set_link_down(index)
+        assert not sa.get_link(index, addresses=False).up
+        sa.delete_link("nlt-s1")
+        assert sb.list_links() == ["lo"]  # the peer went with it
+        sa.delete_link("nlt-s1", missing_ok=True)
+        with pytest.raises(nslib.LinkNotFound):
+            sa.delete_link("nlt-s1")
+        # The bare IPRoute is there for what the session does not cover.
+        assert {m.get("ifname") for m in sa.iproute.link("dump")} == {"lo"}
+        with sa.handle() as h:
+            assert h.same_namespace(a)
+    assert forks == [] and thread_ns() == home_ns
+
+
+def test_session_veth_peer_kinds(pair, fd_baseline) -> None:
+    a, b = pair
+    with nl.Session(a) as sa:
+        sa.add_veth("nlt-v1", "nlt-v1p")  # peer_ns=None: this session's namespace
+        sa.add_veth("nlt-v2", "nlt-v2p", peer_ns=b)  # a handle
+        sa.add_veth("nlt-v3", "nlt-v3p", peer_ns=b.fileno())  # an fd
+        sa.add_veth("nlt-v4", "nlt-v4p", peer_ns=f"/proc/self/fd/{b.fileno()}")  # a path
+        assert sorted(sa.list_links()) == ["lo", "nlt-v1", "nlt-v1p", "nlt-v2", "nlt-v3", "nlt-v4"]
+    assert nl.list_links(b) == ["lo", "nlt-v2p", "nlt-v3p", "nlt-v4p"]
+
+
+def test_session_addresses_routes_neighbours(pair, fd_baseline) -> None:
+    a, b = pair
+    with nl.Session(a) as s:
+        s.add_veth("nlt-q1", "nlt-q2", peer_ns=b)
+        s.set_link_up("nlt-q1")
+        s.add_address("nlt-q1", "10.250.30.1/24")
+        s.add_address("nlt-q1", ipaddress.ip_interface("fd00:250:30::1/64"))
+        with pytest.raises(FileExistsError):
+            s.add_address("nlt-q1", "10.250.30.1/24")
+        s.add_address("nlt-q1", "10.250.30.1/24", exist_ok=True)
+        assert {str(x) for x in s.get_link("nlt-q1").addresses} == {
+            "10.250.30.1/24",
+            "fd00:250:30::1/64",
+        }
+        # replace= converges on the declared route; a plain add refuses a second one.
+        s.add_route("10.251.30.0/24", gateway="10.250.30.2")
+        with pytest.raises(FileExistsError):
+            s.add_route("10.251.30.0/24", gateway="10.250.30.3")
+        s.add_route("10.251.30.0/24", gateway="10.250.30.2", exist_ok=True)
+        s.add_route("10.251.30.0/24", gateway="10.250.30.3", replace=True)
+        s.add_route("default", gateway="10.250.30.254", dev="nlt-q1")
+        routes = {(r.get("dst"), r["dst_len"], r.get("gateway")) for r in s.iproute.route("dump")}
+        assert ("10.251.30.0", 24, "10.250.30.3") in routes
+        assert ("10.251.30.0", 24, "10.250.30.2") not in routes
+        assert (None, 0, "10.250.30.254") in routes
+        s.delete_route("10.251.30.0/24", gateway="10.250.30.3")
+        with pytest.raises(FileNotFoundError, match=r"10\.251\.30\.0/24"):
+            s.delete_route("10.251.30.0/24", gateway="10.250.30.3")
+        s.delete_route("10.251.30.0/24", gateway="10.250.30.3", missing_ok=True)
+        s.add_neighbour("10.250.30.2", "02:00:00:00:30:02", dev="nlt-q1")
+        s.add_neighbour("10.250.30.2", "02:00:00:00:30:03", dev="nlt-q1")  # replaces
+        neigh = {(n.get("dst"), n.get("lladdr")) for n in s.iproute.neigh("dump")}
+        assert ("10.250.30.2", "02:00:00:00:30:03") in neigh
+        s.delete_neighbour("10.250.30.2", dev="nlt-q1")
+        with pytest.raises(FileNotFoundError):
+            s.delete_neighbour("10.250.30.2", dev="nlt-q1")
+        s.delete_neighbour("10.250.30.2", dev="nlt-q1", missing_ok=True)
+        s.delete_address("nlt-q1", "10.250.30.1/24")
+        with pytest.raises(OSError) as ei:
+            s.delete_address("nlt-q1", "10.250.30.1/24")
+        assert ei.value.errno == errno.EADDRNOTAVAIL
+        s.delete_address("nlt-q1", "10.250.30.1/24", missing_ok=True)
+        s.delete_address("nlt-gone", "10.250.30.1/24", missing_ok=True)
+
+
+def test_session_move_link_to_a_session_or_a_reference(pair, fd_baseline) -> None:
+    a, b = pair
+    before = _configured(a, "nlt-sm")
+    with nl.Session(a) as sa, nl.Session(b) as sb:
+        after = sa.move_link("nlt-sm", sb, new_name="nlt-sm2")
+        assert after == sb.get_link("nlt-sm2")
+        assert set(after.addresses) == set(before.addresses) and after.up and after.mtu == 1400
+        back = sb.move_link("nlt-sm2", a, new_name="nlt-sm")  # a reference, not a session
+        assert set(back.addresses) == set(before.addresses)
+        assert sorted(sa.list_links()) == ["lo", "nlt-sm", "nlt-smp"]
+        with pytest.raises(nslib.NamespaceNotFound, match="target namespace"):
+            sa.move_link("nlt-sm", "/nonexistent/nslib-netns")
+
+
+def test_session_keeps_its_own_namespace_handle(fd_baseline) -> None:
+    h = nslib.NsHandle.new()
+    s = nl.Session(h)
+    h.close()  # the session's namespace lives on through the session
+    try:
+        s.add_veth("nlt-own", "nlt-ownp")
+        assert sorted(s.list_links()) == ["lo", "nlt-own", "nlt-ownp"]
+    finally:
+        s.close()
+
+
+def test_session_of_the_calling_thread_and_by_reference(netns, fd_baseline) -> None:
+    with nl.session() as here:
+        assert here.ns_id == thread_ns()
+        assert "calling thread" in here.what
+    path = f"/proc/self/fd/{netns.fileno()}"
+    for ref in (netns, netns.fileno(), path, nslib.NetNamespace.path(path)):
+        with nl.Session(ref) as s:
+            assert s.ns_id == netns.ns_id and s.list_links() == ["lo"]
+
+
+def test_session_bad_input_is_typed(netns, tmp_path, fd_baseline) -> None:
+    with pytest.raises(nslib.NamespaceNotFound):
+        nl.Session(str(tmp_path / "nope"))
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(nslib.NotANamespace):
+        nl.Session(str(tmp_path / "plain"))
+    with pytest.raises(nslib.InvalidReference):
+        nl.Session(3.5)  # type: ignore[arg-type]
+    closed = nslib.NsHandle.new()
+    closed.close()
+    with pytest.raises(nslib.ClosedHandleError):
+        nl.Session(closed)
+    with nl.Session(netns) as s:
+        for bad_link in (True, 1.0, None):
+            with pytest.raises(TypeError):
+                s.get_link(bad_link)  # type: ignore[arg-type]
+        for bad_name in ("", "x" * 16, "a/b", "a b", "a:b", "."):
+            with pytest.raises(ValueError, match="invalid interface name"):
+                s.find_link(bad_name)
+            with pytest.raises(ValueError, match="invalid interface name"):
+                s.add_veth(bad_name, "nlt-ok")
+        with pytest.raises(TypeError):
+            s.set_mtu("lo", "1500")  # type: ignore[arg-type]
+        s.add_veth("nlt-mtu", "nlt-mtup")
+        with pytest.raises(OSError) as ei:
+            s.set_mtu("nlt-mtu", 10)  # below a veth's minimum of 68
+        assert ei.value.errno == errno.EINVAL and "nlt-mtu" in str(ei.value)
+        s.delete_link("nlt-mtu")
+        with pytest.raises(ValueError):
+            s.add_address("lo", "10.0.0.300/24")
+        with pytest.raises(TypeError):
+            s.add_address("lo", 42)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="gateway or a dev"):
+            s.add_route("10.0.0.0/24")
+        with pytest.raises(TypeError):
+            s.add_route(42)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            s.add_neighbour("not-an-ip", "02:00:00:00:00:01", dev="lo")
+        with pytest.raises(nslib.InvalidReference):
+            s.add_veth("nlt-x", "nlt-y", peer_ns=object())  # type: ignore[arg-type]
+        with pytest.raises(nslib.LinkNotFound) as lnf:
+            s.get_link("nlt-none")
+        assert isinstance(lnf.value, LookupError) and s.what in str(lnf.value)
+        with pytest.raises(nslib.LinkExists) as le:
+            s.add_veth("lo", "nlt-lo2")
+        assert le.value.errno == errno.EEXIST
+        assert s.list_links() == ["lo"]  # nothing half made
+
+
+def test_session_close_twice_and_use_after_close(netns, fd_baseline) -> None:
+    s = nl.Session(netns)
+    s.close()
+    s.close()
+    assert s.closed and "closed" in repr(s)
+    calls = [
+        lambda: s.get_link("lo"),
+        lambda: s.find_link("lo"),
+        lambda: s.link_index("lo"),
+        lambda: s.link_index(1),
+        lambda: s.list_links(),
+        lambda: s.set_link_up("lo"),
+        lambda: s.set_link_down("lo"),
+        lambda: s.set_mtu("lo", 1500),
+        lambda: s.delete_link("lo", missing_ok=True),
+        lambda: s.add_veth("nlt-a", "nlt-b"),
+        lambda: s.add_address("lo", "10.0.0.1/8"),
+        lambda: s.delete_address("lo", "10.0.0.1/8", missing_ok=True),
+        lambda: s.add_route("10.0.0.0/8", dev=1),
+        lambda: s.delete_route("10.0.0.0/8", dev=1, missing_ok=True),
+        lambda: s.add_neighbour("10.0.0.2", "02:00:00:00:00:02", dev=1),
+        lambda: s.delete_neighbour("10.0.0.2", dev=1, missing_ok=True),
+        lambda: s.move_link("lo", netns),
+        lambda: s.ns_id,
+        lambda: s.handle(),
+        lambda: s.iproute,
+    ]
+    for call in calls:
+        with pytest.raises(nslib.ClosedHandleError, match="session is closed"):
+            call()
+    with nl.Session(netns) as again:
+        pass
+    again.close()  # after __exit__: still fine
+
+
+def test_session_belongs_to_its_thread(netns, fd_baseline) -> None:
+    with nl.Session(netns) as s:
+        box: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                s.list_links()
+            except BaseException as e:
+                box.append(e)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert len(box) == 1 and isinstance(box[0], RuntimeError)
+        assert "another thread" in str(box[0])
+        assert s.list_links() == ["lo"]  # still fine on its own thread
+
+
+def test_sessions_release_every_fd(pair, fd_baseline) -> None:
+    a, b = pair
+    for i in range(30):
+        with nl.Session(a) as sa, nl.Session(b) as sb:
+            sa.add_veth(f"nlt-fd{i}", f"nlt-fd{i}p", peer_ns=sb)
+            sa.delete_link(f"nlt-fd{i}")
+    for _ in range(10):
+        s = nl.Session(a)
+        s.close()
+        s.close()
+    with pytest.raises(nslib.LinkExists), nl.Session(a) as sa:
+        sa.add_veth("lo", "nlt-x")  # an error on the way out closes too
+
+
+def test_nslib_never_reaches_into_netlink_privates() -> None:
+    """Other modules use the public netlink API only."""
+    import re
+    from pathlib import Path
+
+    root = Path(nslib.__file__).parent
+    pattern = re.compile(r"\b(?:nl|netlink)\._")
+    offenders = [
+        f"{p.relative_to(root)}:{n}"
+        for p in root.rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []
