@@ -1,9 +1,10 @@
-"""The ``nslib`` command: network namespaces from a shell.
+r"""The ``nslib`` command: network namespaces from a shell.
 
 ::
 
     nslib ls [--json] [--sockets] [--no-docker]   every namespace on the host
     nslib add NAME | del NAME                     ip netns add / del
+    nslib repair NAME                             remove a stale placeholder
     nslib attach NAME PID                         ip netns attach
     nslib identify [PID] [--json]                 ip netns identify
     nslib pids NAME [--json]                      ip netns pids (every thread)
@@ -17,6 +18,15 @@
 ``/run/netns`` for named namespaces.  A reference (REF) is written as
 :meth:`nslib.NetNamespace.parse` reads it: ``NAME``, ``name:NAME``,
 ``pid:N``, ``path:P`` or ``ms:LABEL``.
+
+Text from the host (namespace names, mount paths, command lines, container
+names and labels) is untrusted: every table and message escapes control
+characters, backslashes and bytes that are not UTF-8 visibly (``\n``,
+``\x1b``, ``\xff``), so it can neither drive the terminal nor forge rows,
+and a strict or non-UTF-8 stdout never fails.  ``--json`` is exact and pure
+ASCII: text is decoded from the host's bytes with ``surrogateescape``, so a
+byte that is not UTF-8 appears as a ``\udcXX`` escape (``os.fsencode`` of
+the decoded string gives the original bytes back).
 
 Exit status: 0 on success; 2 for a usage error or a malformed name or
 reference; 1 when the operation failed (missing namespace, permission,
@@ -38,6 +48,7 @@ import os
 import signal
 import sys
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -78,8 +89,46 @@ class CliError(Exception):
 # -- output helpers -------------------------------------------------------------
 
 
+def _safe(text: object) -> str:
+    r"""*text* with control characters, backslashes and undecodable bytes escaped.
+
+    Undecodable bytes arrive as ``surrogateescape`` surrogates and are shown
+    as ``\xNN``; the result is printable and has no line breaks.
+    """
+    s = str(text)
+    if s.isprintable() and "\\" not in s:
+        return s
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch.isprintable() and unicodedata.category(ch) not in ("Cf", "Zl", "Zp"):
+            out.append(ch)
+        elif ch in "\n\t\r":
+            out.append(repr(ch)[1:-1])
+        elif o <= 0xFF:
+            out.append(f"\\x{o:02x}")
+        elif o <= 0xFFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    return "".join(out)
+
+
+def _write(stream: TextIO, text: str) -> None:
+    """Write, falling back to backslash escapes where *stream* cannot encode."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        enc = getattr(stream, "encoding", None) or "ascii"
+        stream.write(text.encode(enc, "backslashreplace").decode(enc, "replace"))
+
+
 def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
+    _write(sys.stdout, text + "\n")
 
 
 def _json(value: object) -> None:
@@ -90,7 +139,7 @@ def _table(
     headers: Sequence[str], rows: Iterable[Sequence[str]], out: TextIO | None = None
 ) -> None:
     """Print a plain aligned table (the last column is never padded)."""
-    cells = [list(map(str, r)) for r in rows]
+    cells = [[_safe(c) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in cells:
         for i, cell in enumerate(r):
@@ -98,7 +147,7 @@ def _table(
     stream = out or sys.stdout
     for r in [list(headers), *cells]:
         line = [c.ljust(widths[i]) for i, c in enumerate(r[:-1])] + [r[-1]]
-        stream.write("  ".join(line).rstrip() + "\n")
+        _write(stream, "  ".join(line).rstrip() + "\n")
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -109,10 +158,8 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _named() -> Any:
-    try:
-        from . import named
-    except ImportError as e:  # pragma: no cover - only while issue 3 is in flight
-        raise CliError(f"named namespaces are not available in this build ({e})") from None
+    from . import named
+
     return named
 
 
@@ -125,6 +172,12 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_del(args: argparse.Namespace) -> int:
     """``nslib del NAME``."""
     _named().delete(args.name, run_dir=args.run_dir)
+    return EXIT_OK
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """``nslib repair NAME``: remove a stale placeholder."""
+    _named().repair(args.name, run_dir=args.run_dir)
     return EXIT_OK
 
 
@@ -142,7 +195,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
         _json(list(names))
     else:
         for name in names:
-            _out(name)
+            _out(_safe(name))
     return EXIT_OK
 
 
@@ -213,7 +266,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def _holders(ns: Any) -> str:
     parts = []
     for m in ns.mounts:
-        parts.append(m.path if m.via_pid is None else f"{m.path} (mnt ns of pid {m.via_pid})")
+        if m.via_pid is None:
+            parts.append(m.path)
+        elif m.via_pid == 0:
+            parts.append(f"{m.path} (mnt ns {m.mnt_ns}, no process; kept by an fd or mount)")
+        else:
+            parts.append(f"{m.path} (mnt ns {m.mnt_ns} of pid {m.via_pid})")
+    if not parts and ns.ino == 0 and ns.nsid is not None:
+        parts.append("nsid only (its holder could not be inspected)")
     if ns.processes:
         parts.append(f"{len(ns.processes)} proc")
     for f in ns.fds:
@@ -358,8 +418,8 @@ def cmd_ms_watch(args: argparse.Namespace) -> int:
         else:
             ms = ev.microservice
             line = (
-                f"{ev.kind.value.upper():9} {ev.label}  container {ms.container_id[:12]} "
-                f"({ms.name}) pid {ms.pid}"
+                f"{ev.kind.value.upper():9} {_safe(ev.label)}  container "
+                f"{_safe(ms.container_id[:12])} ({_safe(ms.name)}) pid {ms.pid}"
             )
             if ev.claimants:
                 line += f"  claimants: {', '.join(c.container_id[:12] for c in ev.claimants)}"
@@ -525,7 +585,9 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"nslib: {message}\n")
+    # Messages quote names and paths from the command line or the host.
+    text = "\n".join(_safe(line) for line in message.split("\n"))
+    _write(sys.stderr, f"nslib: {text}\n")
 
 
 # -- the parser -------------------------------------------------------------------------
@@ -578,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("del", help="delete a named namespace (ip netns del)")
     rm.add_argument("name")
     rm.set_defaults(handler=cmd_del)
+
+    fix = sub.add_parser("repair", help="remove a stale placeholder (a name with nothing mounted)")
+    fix.add_argument("name")
+    fix.set_defaults(handler=cmd_repair)
 
     at = sub.add_parser("attach", help="name the namespace of a process (ip netns attach)")
     at.add_argument("name")
@@ -658,6 +724,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The tracker logs each failed connection; one clear error is enough here.
         logging.getLogger("nslib.microservice").setLevel(logging.ERROR)
     if args.run_dir is not None:
+        from .names import validate_run_dir
+
+        try:
+            # Before abspath: '' must be refused, not become the current directory.
+            validate_run_dir(args.run_dir)
+        except InvalidReference as e:
+            _error(str(e))
+            return EXIT_USAGE
         args.run_dir = os.path.abspath(args.run_dir)
     return _run(args.handler, args)
 

@@ -670,31 +670,14 @@ def _still_ns(fd: int, st: os.stat_result) -> bool:
 
 
 _SIOCGSKNS = 0x894C
-_SYS_pidfd_getfd = 438  # the same number on every architecture (>= 5.6)
-_libc: Any = None
 
 
 def _pidfd_open(pid: int) -> int:
-    native = getattr(sys_, "pidfd_open", None)
-    if native is not None:
-        return int(native(pid))
-    return os.pidfd_open(pid)
+    return sys_.pidfd_open(pid)
 
 
 def _pidfd_getfd(pidfd: int, fd: int) -> int:
-    native = getattr(sys_, "pidfd_getfd", None)
-    if native is not None:
-        return int(native(pidfd, fd))
-    global _libc
-    import ctypes
-
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    dup = int(_libc.syscall(_SYS_pidfd_getfd, pidfd, fd, 0))
-    if dup < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return dup
+    return sys_.pidfd_getfd(pidfd, fd)
 
 
 def _socket_ns(pidfd: int, fd: int) -> NsId:
@@ -725,6 +708,10 @@ _NSID_NOT_ASSIGNED = 0xFFFFFFFF
 
 def _nsids(openers: dict[NsId, str | None]) -> tuple[dict[NsId, int], set[int]]:
     """``(nsid of each namespace that has one, every nsid assigned)``."""
+    try:
+        import pyroute2.netlink.rtnl.nsidmsg  # noqa: F401
+    except ImportError:  # an interpreter without nslib's dependencies: no nsids
+        return {}, set()
     try:
         nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
     except OSError:

@@ -41,7 +41,7 @@ from . import _syscalls as sys_
 from ._procfs import MountInfo, nsfs_dev, read_mountinfo
 from .errors import InvalidReference, NamespaceExists, NamespaceNotFound, NotANamespace, oserror
 from .handle import NsHandle
-from .names import DEFAULT_RUN_DIR, validate_name
+from .names import validate_name, validate_run_dir
 
 __all__ = [
     "RunDirStatus",
@@ -58,16 +58,14 @@ __all__ = [
 ]
 
 _O_PLACEHOLDER = os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_O_TMPFILE = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_PEEK = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def _dir(run_dir: str | None) -> str:
-    d = DEFAULT_RUN_DIR if run_dir is None else os.fspath(run_dir)
-    if not d:
-        raise InvalidReference("run_dir is empty")
-    sys_.encode_path(d, f"run_dir {d!r}")  # rejects NUL bytes
-    return d
+    # Refuses '', '/', /proc, /sys, /dev (and below) before anything is touched.
+    return validate_run_dir(run_dir)
 
 
 def _fd_path(fd: int) -> bytes:
@@ -168,14 +166,92 @@ def _ensure_run_dir(run_dir: str) -> None:
 # -- creating ---------------------------------------------------------------
 
 
-def _reserve(name: str, path: str, run_dir: str) -> int:
-    """Create the placeholder with O_EXCL and lock it; return its fd."""
+def _taken(name: str, path: str, run_dir: str) -> NamespaceExists:
+    """The error for a name that exists, saying what is in the way."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    if st is not None and st.st_dev != nsfs_dev() and stat.S_ISREG(st.st_mode):
+        why = _unmounted(name, path)
+        if "stale" in why:
+            return NamespaceExists(
+                errno.EEXIST,
+                f"named namespace {name!r} exists in {run_dir} as a stale placeholder "
+                f"(nothing is mounted on {path}); `nslib repair {name}` "
+                f"(nslib.named.repair) removes it, then create it again",
+                path,
+            )
+        return NamespaceExists(errno.EEXIST, f"{why}; pick another name or wait", path)
+    return NamespaceExists(
+        errno.EEXIST, f"named namespace {name!r} exists already in {run_dir}", path
+    )
+
+
+def _reserve(name: str, path: str, run_dir: str) -> tuple[int, int]:
+    """Create the placeholder, exclusively and already flock-marked.
+
+    Returns ``(fd to bind onto, fd holding the flock)``; they may be the same.
+
+    The file is made unnamed (``O_TMPFILE``) and locked first, then linked
+    into place, which fails if the name exists: nobody can ever see our
+    placeholder unlocked and take a creation in progress for a stale one.
+    A filesystem without ``O_TMPFILE`` gets ``O_CREAT|O_EXCL`` then the lock.
+    """
+    where, base = os.path.split(path)
+    try:
+        dfd = os.open(where, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _reraise(e, f"cannot open the run directory {run_dir}", where) from None
+    try:
+        try:
+            fd = os.open(".", _O_TMPFILE, 0, dir_fd=dfd)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
+            fd = _reserve_plain(name, path, run_dir)
+            return fd, fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # nobody else has this file yet: never blocks
+            # dst_dir_fd makes Python use linkat(AT_SYMLINK_FOLLOW): the magic
+            # link is followed to the unnamed file, which gets its name here.
+            os.link(_fd_path(fd), base, dst_dir_fd=dfd)
+        except FileExistsError:
+            os.close(fd)
+            raise _taken(name, path, run_dir) from None
+        except BaseException as e:
+            os.close(fd)
+            if isinstance(e, OSError):
+                raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
+            raise
+        # A mount needs the named dentry, not the unnamed one the fd was born
+        # with: open the name, and make sure it still is our file.
+        try:
+            named_fd = os.open(base, _O_PEEK, dir_fd=dfd)
+        except OSError:
+            named_fd = -1
+        if named_fd < 0 or _ino(named_fd) != _ino(fd):
+            if named_fd >= 0:
+                os.close(named_fd)
+            os.close(fd)
+            raise NamespaceNotFound(
+                errno.ENOENT, f"the placeholder of {name!r} was removed while it was made", path
+            )
+        return named_fd, fd
+    finally:
+        os.close(dfd)
+
+
+def _ino(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
+def _reserve_plain(name: str, path: str, run_dir: str) -> int:
     try:
         fd = os.open(path, _O_PLACEHOLDER, 0)
     except FileExistsError:
-        raise NamespaceExists(
-            errno.EEXIST, f"named namespace {name!r} exists already in {run_dir}", path
-        ) from None
+        raise _taken(name, path, run_dir) from None
     except OSError as e:
         raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
     try:
@@ -236,7 +312,7 @@ def _name_onto(name: str, run_dir: str, source: NsHandle | None) -> NsHandle | N
     """
     path = os.path.join(run_dir, name)
     _ensure_run_dir(run_dir)
-    fd = _reserve(name, path, run_dir)
+    fd, lock = _reserve(name, path, run_dir)
     made: NsHandle | None = None
     try:
         if source is None:
@@ -250,10 +326,14 @@ def _name_onto(name: str, run_dir: str, source: NsHandle | None) -> NsHandle | N
         try:
             _abandon(fd, path, source)
         finally:
+            if lock != fd:
+                os.close(lock)
             if made is not None:
                 made.close()
         raise
-    os.close(fd)  # drops the flock: the name is complete
+    os.close(fd)
+    if lock != fd:
+        os.close(lock)  # drops the flock: the name is complete
     return made
 
 
@@ -311,10 +391,133 @@ def attach(name: str, pid: int | NsHandle, *, run_dir: str | None = None) -> Non
 # -- deleting ---------------------------------------------------------------
 
 
+_O_VERIFY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _mnt_id(fd: int) -> int | None:
+    """The id of the mount *fd* is on (``/proc/thread-self/fdinfo``)."""
+    try:
+        with open(f"/proc/thread-self/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return "not a regular file"
+
+
+def _verified(dfd: int, name: str, path: str) -> int:
+    """An ``O_PATH`` fd of ``RUN_DIR/NAME``, checked to be a mounted network namespace.
+
+    Never follows a symlink.  Anything else raises and is left untouched.
+    """
+    try:
+        fd = os.open(name, _O_VERIFY, dir_fd=dfd)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r}", path) from None
+    except OSError as e:
+        raise _reraise(e, f"cannot open {path}", path) from None
+    try:
+        st = os.fstat(fd)
+        if st.st_dev != nsfs_dev():
+            if stat.S_ISREG(st.st_mode):
+                raise NamespaceNotFound(errno.ENOENT, _unmounted(name, path), path)
+            raise NotANamespace(
+                f"{path} is {_kind(st.st_mode)}, not a named namespace; left untouched"
+            )
+        # An O_PATH fd cannot be asked its namespace type: reopen the very file.
+        check = os.open(_fd_path(fd), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sys_.check_netns(check, f"{path} (left untouched)")
+        finally:
+            os.close(check)
+        mine, parent = _mnt_id(fd), _mnt_id(dfd)
+        if mine is None or mine == parent:
+            raise NotANamespace(f"{path} is not a mount point of its own; left untouched")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _unmounted(name: str, path: str) -> str:
+    """Why the placeholder at *path* has no namespace: being created, or stale."""
+    try:
+        fd = os.open(path, _O_PEEK)
+    except OSError:
+        busy = False
+    else:
+        try:
+            busy = _creating(fd)
+        finally:
+            os.close(fd)
+    if busy:
+        return f"{name!r} is being created right now ({path} is not mounted yet)"
+    return (
+        f"{path} has no namespace mounted on it: a stale placeholder; "
+        f"`nslib repair {name}` (nslib.named.repair) removes it"
+    )
+
+
+def _pinned_by(path: str) -> str:
+    """Which mount namespaces (and a process in each) have a mount at *path*."""
+    real = os.fsencode(
+        os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    )
+    found = []
+    seen: set[int] = set()
+    try:
+        own = os.stat("/proc/thread-self/ns/mnt").st_ino
+        seen.add(own)
+        if any(m.mount_point == real for m in read_mountinfo()):
+            found.append(f"this thread's mount namespace mnt:[{own}]")
+    except OSError:
+        pass
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ino = os.stat(f"/proc/{entry}/ns/mnt").st_ino
+            if ino in seen:
+                continue
+            seen.add(ino)
+            if any(m.mount_point == real for m in read_mountinfo(f"/proc/{entry}/mountinfo")):
+                with open(f"/proc/{entry}/comm", "rb") as f:
+                    comm = f.read().strip().decode("utf-8", "backslashreplace")
+                found.append(f"mount namespace mnt:[{ino}] (pid {entry}, {comm!r})")
+        except OSError:
+            continue
+    if not found:
+        return "no mount namespace that could be inspected has a mount there"
+    return "mounted there in " + "; ".join(found)
+
+
+def _busy(e: OSError, what: str, path: str) -> OSError:
+    if e.errno != errno.EBUSY:
+        return _reraise(e, what, path)
+    return OSError(errno.EBUSY, f"{os.strerror(errno.EBUSY)}: {what}: {_pinned_by(path)}", path)
+
+
 def delete(name: str, *, run_dir: str | None = None) -> None:
     """Delete the named namespace *name*, like ``ip netns del``.
 
-    Unmounts the bind mount with ``MNT_DETACH`` and unlinks the placeholder.
+    Checks before it acts: ``RUN_DIR/NAME`` is opened without following
+    symlinks and must be an nsfs mount point of a *network* namespace; only
+    then is that very mount detached (through the verified fd, so a file
+    swapped in meanwhile is never unmounted) and the placeholder unlinked.
+    A symlink, a directory, another filesystem's mount or another kind of
+    namespace is refused and left exactly as it was.
+
     Only the *name* goes away: the namespace itself lives on while anything
     holds it, as the kernel does for any namespace, e.g. an open
     :class:`~nslib.handle.NsHandle` (including the one :func:`create`
@@ -327,41 +530,60 @@ def delete(name: str, *, run_dir: str | None = None) -> None:
     :func:`stale` and :func:`repair`.
 
     :raises InvalidName: *name* is not a valid ``ip netns`` name.
+    :raises InvalidReference: *run_dir* is refused (see
+        :func:`~nslib.names.validate_run_dir`).
     :raises NamespaceNotFound: no namespace of that name (also a
         ``FileNotFoundError``).
+    :raises NotANamespace: ``RUN_DIR/NAME`` is something else (untouched).
+    :raises OSError: ``EBUSY`` when the placeholder stays a mount point;
+        the message names the mount namespaces (and a process in each) that
+        pin it.
     :raises PermissionError: no CAP_SYS_ADMIN.
     """
     validate_name(name)
     d = _dir(run_dir)
     path = os.path.join(d, name)
-    raw = os.fsencode(path)
     what = f"deleting named namespace {name!r}"
-    for _ in range(16):  # each pass peels one mount stacked on the name
+    try:
+        dfd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r} in {d}", path) from None
+    try:
+        fd = _verified(dfd, name, path)
+        for _ in range(16):  # each pass peels one namespace mount stacked on the name
+            try:
+                # Exactly the mount verified above, whatever the path names now.
+                sys_.umount2(_fd_path(fd), sys_.MNT_DETACH, what)
+            except OSError as e:
+                if e.errno == errno.EINVAL:  # unmounted by someone else meanwhile
+                    raise NamespaceNotFound(
+                        errno.ENOENT, f"no named namespace {name!r} in {d}", path
+                    ) from None
+                raise _busy(e, what, path) from None
+            finally:
+                os.close(fd)
+            # Unmounting was the deletion; what follows is tidying up.
+            try:
+                fd = _verified(dfd, name, path)
+            except (NamespaceNotFound, NotANamespace):
+                break
+        else:
+            os.close(fd)
+            raise OSError(errno.EBUSY, f"{path} stays busy: too many mounts stacked on it", path)
         try:
-            sys_.umount2(raw, sys_.MNT_DETACH, what)
-        except OSError as e:
-            if e.errno == errno.EINVAL and os.path.lexists(path):
-                raise NamespaceNotFound(
-                    errno.ENOENT,
-                    f"{path} has no namespace mounted on it (a stale placeholder: "
-                    f"nslib.named.repair({name!r}) removes it; or a create() in progress)",
-                    path,
-                ) from None
-            if e.errno in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR):
-                raise NamespaceNotFound(
-                    errno.ENOENT, f"no named namespace {name!r} in {d}", path
-                ) from None
-            raise _reraise(e, what, path) from None
-        # Unmounting was the deletion; the unlink below is tidying up.
-        try:
-            os.unlink(path)
-            return
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return  # removed by someone else after our unmount
+        if not stat.S_ISREG(st.st_mode) or st.st_dev == nsfs_dev():
+            return  # not a placeholder of ours to remove
+        try:
+            os.unlink(name, dir_fd=dfd)
+        except FileNotFoundError:
+            return
         except OSError as e:
-            if e.errno != errno.EBUSY:
-                raise _reraise(e, f"cannot remove the placeholder of {name!r}", path) from None
-    raise OSError(errno.EBUSY, f"{path} stays busy: too many mounts stacked on it", path)
+            raise _busy(e, f"cannot remove the placeholder of {name!r}", path) from None
+    finally:
+        os.close(dfd)
 
 
 # -- looking up -------------------------------------------------------------
