@@ -23,10 +23,15 @@ import os
 import socket
 import struct
 from types import TracebackType
+from typing import Literal
 
-from .errors import NslibError
+from ._procfs import nsfs_dev
+from .errors import InvalidReference, NslibError
+from .handle import NsHandle
+from .names import validate_run_dir
+from .reference import NetNamespace, NsLike, ReferenceType
 
-__all__ = ["NSID_AUTO", "NsidTaken", "Rtnl"]
+__all__ = ["NSID_AUTO", "NsidTaken", "Rtnl", "list_ids", "nsid", "set_nsid"]
 
 RTM_NEWNSID = 88
 RTM_DELNSID = 89
@@ -86,7 +91,7 @@ class Rtnl:
         namespace whatever thread uses it.  Not for concurrent use.
     """
 
-    def __init__(self, ns: object = None) -> None:
+    def __init__(self, ns: NsLike | None = None) -> None:
         if ns is None:
             sock = socket.socket(
                 socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
@@ -94,7 +99,7 @@ class Rtnl:
         else:
             from .switching import socket_in
 
-            sock = socket_in(ns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)  # type: ignore[arg-type]
+            sock = socket_in(ns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         try:
             sock.bind((0, 0))
             for opt in (_NETLINK_CAP_ACK, _NETLINK_EXT_ACK):
@@ -191,3 +196,102 @@ class Rtnl:
         seq = self._send(RTM_GETNSID, _NLM_F_REQUEST | _NLM_F_DUMP, b"")
         ids = [parse_nsid_msg(d, o, n)[0] for d, o, n in self._replies(seq, "RTM_GETNSID", True)]
         return sorted(i for i in ids if i is not None)
+
+
+# -- the public calls, re-exported by nslib.named ------------------------------------------
+
+
+def _viewer(ns: NsLike | None, run_dir: str | None) -> Rtnl:
+    """A socket in the viewing namespace; a named one is looked up in *run_dir*."""
+    if isinstance(ns, NetNamespace) and ns.type == ReferenceType.NSID:
+        with NsHandle.from_name(ns.reference, run_dir=run_dir) as h:
+            return Rtnl(h)
+    return Rtnl(ns)
+
+
+def _check_nsid(value: object) -> int:
+    if value == "auto":
+        return NSID_AUTO
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise InvalidReference(f"nsid must be an int from 0 to 2**31-1 or 'auto', not {value!r}")
+    return value
+
+
+def nsid(name: str, *, run_dir: str | None = None, ns: NsLike | None = None) -> int | None:
+    """The nsid of the named namespace *name*, as the namespace *ns* sees it.
+
+    *ns* is the viewing namespace: ``None`` (the default) is the calling
+    thread's, which is what ``ip netns list-id`` shows; any namespace
+    reference (``NetNamespace.named("red")``, looked up in *run_dir*, a
+    handle, a path, ...) gives ``ip -n red netns list-id``'s view.  ``None`` when that namespace has no nsid for it.
+
+    :raises NamespaceNotFound: no such name.
+    :raises NotANamespace: a stale placeholder.
+    """
+    with NsHandle.from_name(name, run_dir=run_dir) as h, _viewer(ns, run_dir) as r:
+        return r.get(h.fileno())
+
+
+def set_nsid(
+    name: str,
+    nsid: int | Literal["auto"],
+    *,
+    run_dir: str | None = None,
+    ns: NsLike | None = None,
+) -> int:
+    """Give the named namespace *name* an nsid in namespace *ns*, like ``ip netns set NAME NSID``.
+
+    *ns* (default: the calling thread's namespace) is the namespace whose
+    table gets the entry; ``ip -n red netns set blue 3`` is
+    ``set_nsid("blue", 3, ns=NetNamespace.named("red"))``.  ``"auto"`` lets the kernel
+    pick the lowest free number.  An nsid, once set, stays until one of the
+    two namespaces is gone.
+
+    :returns: the nsid now assigned.
+    :raises NsidTaken: *nsid* is used for another namespace, or *name*
+        already has one (also a ``FileExistsError``, errno EEXIST).
+    :raises InvalidReference: *nsid* is not an int in [0, 2**31) or ``"auto"``.
+    :raises NamespaceNotFound: no such name.
+    """
+    value = _check_nsid(nsid)
+    with NsHandle.from_name(name, run_dir=run_dir) as h, _viewer(ns, run_dir) as r:
+        r.set(h.fileno(), value, f"setting nsid {nsid} for {name!r}")
+        got = r.get(h.fileno())
+    assert got is not None
+    return got
+
+
+def list_ids(*, run_dir: str | None = None, ns: NsLike | None = None) -> dict[int, str | None]:
+    """Every nsid the namespace *ns* has assigned, with a name for each where one exists.
+
+    Like ``ip netns list-id`` (``ns=None``: the calling thread's namespace)
+    or ``ip -n X netns list-id`` (``ns=NetNamespace.named("X")``).  The name is one of the
+    names in *run_dir* bound to that namespace (the first in sorted order
+    when there are several); ``None`` for namespaces without a name there,
+    e.g. a container's.
+    """
+    d = validate_run_dir(run_dir)
+    with _viewer(ns, run_dir) as r:
+        ids: dict[int, str | None] = dict.fromkeys(r.dump())
+        if not ids:
+            return ids
+        try:
+            entries = sorted(os.listdir(d))
+        except (FileNotFoundError, NotADirectoryError):
+            entries = []
+        for entry in entries:
+            try:
+                fd = os.open(os.path.join(d, entry), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if os.fstat(fd).st_dev != nsfs_dev():
+                    continue  # a placeholder: its fd is no namespace
+                got = r.get(fd)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            if got is not None and got in ids and ids[got] is None:
+                ids[got] = entry
+    return ids
