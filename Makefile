@@ -51,7 +51,7 @@ ifneq ($(filter demo test bench pytest setup host,$(or $(MAKECMDGOALS),demo)),)
 HOST_FIRST := host
 endif
 
-$(STAMP): pyproject.toml setup.py csrc/nslib.c csrc/nslib.h csrc/native_build.py | $(HOST_FIRST)
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py) | $(HOST_FIRST)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,bench,docs]'
