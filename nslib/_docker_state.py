@@ -21,6 +21,7 @@ __all__ = [
     "EventKind",
     "LabelTable",
     "instance_key",
+    "label_from",
     "label_of",
     "parse_time_ns",
     "rank",
@@ -249,23 +250,37 @@ def parse_time_ns(text: str) -> int:
     return secs * 1_000_000_000 + int(frac)
 
 
-def label_of(info: Mapping[str, Any], label_env: str | None, label_key: str | None) -> str | None:
-    """The microservice label of an inspected container, or None.
+def label_from(
+    env: Iterable[str],
+    labels: Mapping[str, str] | None,
+    label_env: str | None,
+    label_key: str | None,
+) -> str | None:
+    """The microservice label of a container given its environment and labels, or None.
 
-    The environment variable wins over the docker label when both are set
-    (the env var is what the Ligato agent reads).  An empty value is no label.
+    The environment variable wins over the label when both are set (the env
+    var is what the Ligato agent reads); the last assignment of the variable
+    wins, as in the process.  An empty value is no label.
     """
-    config = info.get("Config") or {}
     if label_env:
         prefix = label_env + "="
         found = None
-        for item in config.get("Env") or ():
+        for item in env:
             if item.startswith(prefix):
-                found = item[len(prefix) :]  # the last one wins, as in the process
+                found = item[len(prefix) :]
         if found:
             return str(found)
     if label_key:
-        value = (config.get("Labels") or {}).get(label_key)
+        value = (labels or {}).get(label_key)
         if value:
             return str(value)
     return None
+
+
+def label_of(info: Mapping[str, Any], label_env: str | None, label_key: str | None) -> str | None:
+    """The microservice label of an inspected docker (or podman) container, or None.
+
+    See :func:`label_from`.
+    """
+    config = info.get("Config") or {}
+    return label_from(config.get("Env") or (), config.get("Labels"), label_env, label_key)

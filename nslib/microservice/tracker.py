@@ -1,10 +1,12 @@
-"""A live map from microservice label to container, following the docker daemon.
+"""A live map from microservice label to container, following a container runtime.
 
 A container runs microservice ``L`` when its environment holds
 ``MICROSERVICE_LABEL=L`` (as in the Ligato agent) or, optionally, when it
-carries a configured docker label.  :class:`MicroserviceTracker` keeps the
-map current from the daemon's event stream and tells subscribers when a
-label appears, disappears, restarts or is claimed twice::
+carries a configured label.  :class:`MicroserviceTracker` keeps the map
+current from the runtime's event stream and tells subscribers when a label
+appears, disappears, restarts or is claimed twice.  The runtime is a
+*source*: docker (the default), podman or containerd (see
+:mod:`nslib.microservice.sources`)::
 
     with MicroserviceTracker() as tracker:
         ms = tracker.wait_for("vpp1", timeout=30)
@@ -23,19 +25,19 @@ How it stays right (each point answers a measured behaviour of dockerd):
   the worker lists and inspects the running containers and replaces its
   state with that truth; events that arrive meanwhile wait in the queue and
   are applied after it, in order.
-* **State, not events.**  Every event (``start``, ``die``, ``destroy``)
+* **State, not events.**  Every event (docker's ``start``, ``die``, ``destroy``)
   triggers an ``inspect`` of its container, and the answer is the truth:
   late, duplicated (dropped by ``(timeNano, id, action)``) and reordered
   events are harmless, and ``kill``, crashes, self-exits and ``rm -f``
   (which send ``die`` but no ``stop``) are all seen.
-* **Never gives up.**  Any end of the stream other than :meth:`stop` is a
+* **Never gives up.**  Any end of the stream other than :meth:`MicroserviceTracker.stop` is a
   disconnect: reconnect with backoff (0.1 s doubling to 2 s), replay with
-  ``since`` and resync.  A missing daemon at start is not an error.
+  ``since`` where the runtime keeps history, and resync.  A missing daemon at start is not an error.
 * **Never the wrong namespace.**  :meth:`Microservice.open_namespace` pins
   the process through a ``/proc/<pid>`` directory fd and checks its cgroup
   names the container before opening ``ns/net`` through that same fd.
 
-The tracker reads PIDs from the daemon, so it must run in the host's PID
+The tracker reads PIDs from the runtime, so it must run in the host's PID
 namespace (as root, to open other processes' namespaces).
 """
 
@@ -43,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import queue
@@ -57,15 +58,25 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-from . import _syscalls as sys_
-from ._docker_state import Change, EventKind, LabelTable, label_of, parse_time_ns
-from .errors import (
+from .. import _syscalls as sys_
+from .._docker_state import Change, EventKind, LabelTable, label_from
+from ..errors import (
     DockerUnavailableError,
     NamespaceNotFound,
     SharedNamespaceError,
     UnavailableMicroserviceError,
 )
-from .handle import NsHandle
+from ..handle import NsHandle
+from .sources.base import (
+    CONTAINERD_ID,
+    HEX_ID,
+    ContainerState,
+    EventStream,
+    Source,
+    SourceEvent,
+    SourceNotFound,
+)
+from .sources.docker import DockerSource
 
 __all__ = [
     "DEFAULT_LABEL_ENV",
@@ -86,9 +97,6 @@ _BACKOFF_MAX = 2.0
 _HEALTHY_STREAM = 5.0  # a stream that lived this long resets the backoff
 _JOIN_TIMEOUT = 2.0
 _DEDUPE_SIZE = 4096
-_CLIENT_TIMEOUT = 10  # seconds per list/inspect request of a client we build
-_ID_RE = re.compile(r"[0-9a-f]{12,64}")
-_EVENTS = ["start", "die", "destroy", "remove"]  # "remove": podman's destroy
 
 
 def _stat_id(path: str) -> tuple[int, int] | None:
@@ -153,12 +161,17 @@ class Microservice:
     started_at_ns: int
     """``State.StartedAt`` of this run, in nanoseconds since the epoch."""
     network_mode: str = "default"
+    source: str = "docker"
+    """The runtime it comes from: ``docker``, ``podman`` or ``containerd:<namespace>``."""
+    pod: str | None = None
+    """The pod it belongs to (podman pod ID, or ``<namespace>/<name>`` of a Kubernetes pod)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, str) or not self.label:
             raise ValueError(f"label must be a non-empty str, not {self.label!r}")
-        if not isinstance(self.container_id, str) or not _ID_RE.fullmatch(self.container_id):
-            raise ValueError(f"container_id must be a hex container ID, not {self.container_id!r}")
+        id_re = CONTAINERD_ID if self.source.startswith("containerd") else HEX_ID
+        if not isinstance(self.container_id, str) or not id_re.fullmatch(self.container_id):
+            raise ValueError(f"container_id must be a container ID, not {self.container_id!r}")
         if isinstance(self.pid, bool) or not isinstance(self.pid, int) or self.pid <= 0:
             raise ValueError(f"pid must be a positive int, not {self.pid!r}")
 
@@ -274,11 +287,21 @@ def _read_at(dfd: int, name: str) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+# The runtimes' cgroup names for a container: "<id>" (cgroupfs: docker,
+# containerd's ctr, Kubernetes), "<runtime>-<id>.scope" (systemd driver),
+# "libpod-<id>" (podman with cgroupfs).
+_CGROUP_PREFIXES = r"(?:docker-|libpod-|cri-containerd-|crio-|containerd-)?"
+
+
 def _names_container(cgroup: str, container_id: str) -> bool:
-    # The ID must stand alone (not inside a longer hex run): "/<id>",
-    # "docker-<id>.scope", "libpod-<id>".
-    pat = rf"(?<![0-9a-f]){re.escape(container_id)}(?![0-9a-f])"
-    return re.search(pat, cgroup) is not None
+    # A whole path component must name the ID, never a part of one (a
+    # containerd ID "web" must not match the cgroup of a container "x-web").
+    pat = re.compile(rf"{_CGROUP_PREFIXES}{re.escape(container_id)}(?:\.scope)?")
+    for line in cgroup.splitlines():
+        path = line.split(":", 2)[-1]
+        if any(pat.fullmatch(part) for part in path.split("/")):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,23 +409,31 @@ class _AsyncWaiter:
 
 
 class MicroserviceTracker:
-    """Follows a docker daemon and keeps a live ``label -> Microservice`` map.
+    """Follows a container runtime and keeps a live ``label -> Microservice`` map.
 
-    :param client: A ``docker.DockerClient`` (or ``docker.APIClient``).  The
-        tracker does not close a client it was given.  None (the default)
-        builds one from the environment (``DOCKER_HOST``, as
-        ``docker.from_env``; a podman docker-compatible socket works too),
-        lazily and retried, so a daemon that is not up yet is not an error.
+    :param client: A ``docker.DockerClient`` (or ``docker.APIClient``), or a
+        :class:`~nslib.microservice.sources.base.Source`.  The tracker does
+        not close a client it was given.  None (the default, without
+        *source*) follows docker: it builds a client from the environment
+        (``DOCKER_HOST``, as ``docker.from_env``; a podman docker-compatible
+        socket works too), lazily and retried, so a daemon that is not up
+        yet is not an error.
+    :param source: The runtime to follow: :class:`DockerSource`,
+        :class:`PodmanSource` or :class:`ContainerdSource`.  Give either
+        *client* or *source*.  A source follows one tracker: :meth:`stop`
+        closes it (a docker client given to :class:`DockerSource` stays open).
     :param label_env: Environment variable naming the microservice; None
         disables env detection.
-    :param label_key: Docker label key naming the microservice; None (the
-        default) disables label detection.  With ``label_env=None`` the
-        daemon filters the events by this label.
+    :param label_key: Label key naming the microservice; None (the default)
+        disables label detection.  With ``label_env=None`` the runtime may
+        filter the events by this label.
     :param resync_interval: Seconds between safety-net resyncs while
         connected (list + inspect of all running containers, ~2 ms each);
         None disables them.
     :param since_margin: Seconds replayed before the newest event seen when
         reconnecting (events can be stamped slightly out of order).
+    :raises ValueError: no label rule, a bad interval or margin, or both
+        *client* and *source*.
 
     Callbacks run on the tracker's dispatcher thread, one at a time, in the
     order the changes were found (so in order per label).  The state
@@ -414,6 +445,7 @@ class MicroserviceTracker:
         self,
         client: Any = None,
         *,
+        source: Source | None = None,
         label_env: str | None = DEFAULT_LABEL_ENV,
         label_key: str | None = None,
         resync_interval: float | None = 300.0,
@@ -425,8 +457,15 @@ class MicroserviceTracker:
             raise ValueError(f"resync_interval must be positive or None, not {resync_interval!r}")
         if since_margin < 0:
             raise ValueError(f"since_margin must not be negative, not {since_margin!r}")
-        self._client: Any = client
-        self._owns_client = client is None
+        if isinstance(client, Source):  # MicroserviceTracker(PodmanSource())
+            if source is not None:
+                raise ValueError("give client or source, not both")
+            client, source = None, client
+        if source is None:
+            source = DockerSource(client)
+        elif client is not None:
+            raise ValueError("give client or source, not both")
+        self._source: Source = source
         self._label_env = label_env or None
         self._label_key = label_key or None
         self._resync_interval = resync_interval
@@ -447,7 +486,7 @@ class MicroserviceTracker:
         self._stopping = threading.Event()
         self._started = False
         self._stream_lock = threading.Lock()
-        self._stream: Any = None
+        self._stream: EventStream | None = None
         self._max_seen_ns: int | None = None
         self._reconnect_gate: threading.Event | None = None
         self._threads: list[threading.Thread] = []
@@ -503,13 +542,10 @@ class MicroserviceTracker:
         if gate is not None:
             gate.set()
         me = threading.current_thread()
+        self._source.close()  # after this, a worker call in flight fails fast
         for t in self._threads:
             if t is not me:
                 t.join(_JOIN_TIMEOUT)
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            with contextlib.suppress(Exception):  # closing a pool does not really fail
-                client.close()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -701,7 +737,7 @@ class MicroserviceTracker:
         if self._stopping.is_set():
             return "the microservice tracker was stopped before it ever got in sync"
         why = self._counters.last_error or "the first sync has not finished"
-        return f"the microservice tracker is not in sync with docker: {why}"
+        return f"the microservice tracker is not in sync with {self._source.name}: {why}"
 
     def _wait_error(self, label: str, timeout: float | None) -> Exception:
         if not self._synced_once:
@@ -722,47 +758,30 @@ class MicroserviceTracker:
         # A daemon that stays down would otherwise log the same line every 2 s.
         _log.log(logging.DEBUG if repeated else logging.WARNING, "%s", message)
 
-    def _api(self) -> Any:
-        client = self._client
-        if client is None:
-            # stop() drops (and closes) the client: a call in flight then must
-            # not build a new one, which could wait _CLIENT_TIMEOUT seconds.
-            if self._stopping.is_set():
-                raise DockerUnavailableError("the microservice tracker is stopping")
-            import docker  # lazily: `import nslib` must not load docker
-
-            # from_env() asks the daemon for its API version, so it raises
-            # while the daemon is down; that is one more retry, not an error.
-            client = docker.from_env(timeout=_CLIENT_TIMEOUT)
-            with self._lock:
-                if self._stopping.is_set():
-                    client.close()
-                    raise DockerUnavailableError("tracker stopping")
-                self._client = client
-        return getattr(client, "api", client)
-
-    @staticmethod
-    def _is_not_found(exc: BaseException) -> bool:
-        import docker.errors
-
-        return isinstance(exc, docker.errors.NotFound)
+    @property
+    def source(self) -> Source:
+        """The runtime this tracker follows."""
+        return self._source
 
     # -- internals: reader ----------------------------------------------------
 
     def _reader_main(self) -> None:
         backoff = _BACKOFF_MIN
+        what = self._source.name
         while not self._stopping.is_set():
             opened_at = time.monotonic()
             try:
                 stream = self._open_stream()
             except Exception as e:
-                self._note_error(f"cannot subscribe to docker events: {_describe(e)}")
+                self._note_error(
+                    f"cannot subscribe to {what} events: {self._source.describe_error(e)}"
+                )
                 stream = None
             if stream is not None:
                 self._read(stream)
                 if self._stopping.is_set():
                     break
-                self._note_error("docker event stream ended (daemon restarted or connection lost)")
+                self._note_error(f"{what} event stream ended (daemon restarted or connection lost)")
                 if time.monotonic() - opened_at >= _HEALTHY_STREAM:
                     backoff = _BACKOFF_MIN
             self._events_q.put(_DISCONNECTED)
@@ -774,25 +793,18 @@ class MicroserviceTracker:
                 gate.wait()
                 self._reconnect_gate = None
 
-    def _open_stream(self) -> Any:
-        api = self._api()
-        if self._max_seen_ns is not None:
-            since_ns = self._max_seen_ns - self._margin_ns
-        else:
-            since_ns = self._daemon_now_ns(api) - self._margin_ns
-        filters: dict[str, Any] = {"type": "container", "event": _EVENTS}
-        if self._label_env is None and self._label_key is not None:
-            filters["label"] = self._label_key
-        # A string: the daemon reads "<sec>.<9-digit ns>" exactly; a float
-        # rounds and can skip an event.
-        since = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
-        stream = api.events(since=since, filters=filters, decode=True)
-        # The SDK turns an HTTP error into an empty stream; the status is
-        # only visible on the response.
-        status = getattr(getattr(stream, "_response", None), "status_code", 200)
-        if status != 200:
-            _close_quietly(stream)
-            raise DockerUnavailableError(f"the daemon refused the event stream: HTTP {status}")
+    def _open_stream(self) -> EventStream | None:
+        src = self._source
+        since_ns: int | None = None
+        if src.replays:
+            if self._max_seen_ns is not None:
+                since_ns = self._max_seen_ns - self._margin_ns
+            else:
+                since_ns = src.now_ns() - self._margin_ns
+        # Only in label-key-only mode may the runtime filter: env is not
+        # filterable, and label filters are ANDed.
+        key = self._label_key if self._label_env is None else None
+        stream = src.subscribe(since_ns, key)
         with self._stream_lock:
             if self._stopping.is_set():
                 _close_quietly(stream)
@@ -808,34 +820,23 @@ class MicroserviceTracker:
             self._events_q.put(_Resync(self._generation))
         return stream
 
-    def _daemon_now_ns(self, api: Any) -> int:
-        # First subscription: "now" on the daemon's clock.  A unix socket is
-        # this host's clock; a remote daemon's may differ by more than the
-        # margin, so ask it.
-        # docker-py names every unix socket "http+docker://localhost" (ssh
-        # and npipe get other hosts).
-        if str(getattr(api, "base_url", "")) == "http+docker://localhost":
-            return time.time_ns()
-        try:
-            return parse_time_ns(str(api.info()["SystemTime"]))
-        except (KeyError, ValueError):
-            return time.time_ns()
-
-    def _read(self, stream: Any) -> None:
+    def _read(self, stream: EventStream) -> None:
         put = self._events_q.put
         counters = self._counters
         try:
             for ev in stream:
-                # Nothing slow here: a reader that lags makes the daemon
-                # drop events (and slows every other client down).
-                t = ev.get("timeNano")
-                if isinstance(t, int) and (self._max_seen_ns is None or t > self._max_seen_ns):
+                # Nothing slow here: a reader that lags makes a daemon drop
+                # events (and slows every other client down).
+                t = ev.time_ns
+                if t is not None and (self._max_seen_ns is None or t > self._max_seen_ns):
                     self._max_seen_ns = t
                     counters.last_event_ns = t
                 counters.events_received += 1
                 put(ev)
-        except Exception as e:  # the SDK hides most errors; be safe anyway
-            self._note_error(f"reading docker events failed: {_describe(e)}")
+        except Exception as e:  # a broken connection: a disconnect like any other
+            self._note_error(
+                f"reading {self._source.name} events failed: {self._source.describe_error(e)}"
+            )
         finally:
             with self._stream_lock:
                 self._stream = None
@@ -900,14 +901,14 @@ class MicroserviceTracker:
                     retry = min(retry * 2, _BACKOFF_MAX)
             elif item is _DISCONNECTED:
                 resync_due = None
-            elif isinstance(item, dict):
+            elif isinstance(item, SourceEvent):
                 batch = [item]
                 while True:  # coalesce what is already queued: one inspect per container
                     try:
                         nxt = self._events_q.get_nowait()
                     except queue.Empty:
                         break
-                    if not isinstance(nxt, dict):
+                    if not isinstance(nxt, SourceEvent):
                         carry = nxt
                         break
                     batch.append(nxt)
@@ -919,36 +920,36 @@ class MicroserviceTracker:
             return None
         return time.monotonic() + self._resync_interval
 
-    def _microservice(self, info: Mapping[str, Any]) -> Microservice | None:
-        state = info.get("State") or {}
-        pid = state.get("Pid") or 0
-        if not state.get("Running") or not isinstance(pid, int) or pid <= 0:
+    def _microservice(self, st: ContainerState) -> Microservice | None:
+        if not st.running or st.pid <= 0:
             return None  # exited, restarting, or not started yet
-        label = label_of(info, self._label_env, self._label_key)
+        label = label_from(st.env, st.labels, self._label_env, self._label_key)
+        if label is None:
+            label = st.default_label
         if label is None:
             return None
         try:
             return Microservice(
                 label=label,
-                container_id=str(info["Id"]),
-                name=str(info.get("Name") or "").lstrip("/"),
-                pid=pid,
-                created_ns=parse_time_ns(str(info["Created"])),
-                started_at_ns=parse_time_ns(str(state["StartedAt"])),
-                network_mode=str((info.get("HostConfig") or {}).get("NetworkMode") or "default"),
+                container_id=st.container_id,
+                name=st.name,
+                pid=st.pid,
+                created_ns=st.created_ns,
+                started_at_ns=st.started_at_ns,
+                network_mode=st.network_mode,
+                source=self._source.name,
+                pod=st.pod,
             )
-        except (KeyError, ValueError) as e:
-            _log.warning("ignoring container %s: unexpected inspect data: %s", info.get("Id"), e)
+        except ValueError as e:
+            _log.warning("ignoring container %r: %s", st.container_id[:64], e)
             return None
 
     def _apply_events(
-        self, batch: list[dict[str, Any]], seen: OrderedDict[tuple[object, object, object], None]
+        self, batch: list[SourceEvent], seen: OrderedDict[tuple[object, object, object], None]
     ) -> bool:
         cause: dict[str, int] = {}
         for ev in batch:
-            actor = ev.get("Actor") or {}
-            cid = actor.get("ID") or ev.get("id")
-            key = (ev.get("timeNano"), cid, ev.get("Action") or ev.get("status"))
+            key = (ev.time_ns, ev.container_id, ev.action)
             if key in seen:
                 with self._lock:
                     self._counters.duplicates += 1
@@ -956,9 +957,7 @@ class MicroserviceTracker:
             seen[key] = None
             if len(seen) > _DEDUPE_SIZE:
                 seen.popitem(last=False)
-            if isinstance(cid, str):
-                t = ev.get("timeNano")
-                cause[cid] = max(cause.get(cid, 0), t if isinstance(t, int) else 0)
+            cause[ev.container_id] = max(cause.get(ev.container_id, 0), ev.time_ns or 0)
         if not cause:
             return True
         truth: dict[str, Microservice | None] = {}
@@ -968,16 +967,18 @@ class MicroserviceTracker:
             if self._stopping.is_set():
                 return True
             try:
-                info = self._api().inspect_container(cid)
-            except Exception as e:
-                if self._is_not_found(e):
-                    truth[cid] = None
-                    gone.append(cid)
-                else:  # state unknown: leave it, a resync will repair it
-                    self._note_error(f"inspecting container {cid[:12]} failed: {_describe(e)}")
-                    ok = False
+                st = self._source.inspect(cid)
+            except SourceNotFound:
+                truth[cid] = None
+                gone.append(cid)
                 continue
-            truth[cid] = self._microservice(info)
+            except Exception as e:  # state unknown: leave it, a resync will repair it
+                self._note_error(
+                    f"inspecting container {cid[:12]} failed: {self._source.describe_error(e)}"
+                )
+                ok = False
+                continue
+            truth[cid] = self._microservice(st)
         with self._lock:
             # stop() (which sets _stopping under this lock) may have run
             # while we inspected: the map stays as stop() left it.
@@ -989,27 +990,21 @@ class MicroserviceTracker:
         return ok
 
     def _resync(self, generation: int) -> bool:
+        key = self._label_key if self._label_env is None else None
         try:
-            api = self._api()
-            filters = {"label": self._label_key} if self._label_env is None else None
-            listed = api.containers(filters=filters)  # running (and paused) only
-            running: dict[str, Microservice] = {}
-            for entry in listed:
-                if self._stopping.is_set():
-                    return True
-                cid = entry["Id"]
-                try:
-                    info = api.inspect_container(cid)
-                except Exception as e:
-                    if self._is_not_found(e):
-                        continue  # removed since the list: its events follow
-                    raise
-                ms = self._microservice(info)
-                if ms is not None:
-                    running[cid] = ms
+            states = self._source.sync(key)
         except Exception as e:
-            self._note_error(f"resync with docker failed: {_describe(e)}")
+            if self._stopping.is_set():
+                return True
+            self._note_error(
+                f"resync with {self._source.name} failed: {self._source.describe_error(e)}"
+            )
             return False
+        running: dict[str, Microservice] = {}
+        for cid, st in states.items():
+            ms = self._microservice(st)
+            if ms is not None:
+                running[cid] = ms
         with self._lock:
             if self._stopping.is_set():  # as in _apply_events: frozen at stop()
                 return True
@@ -1109,13 +1104,6 @@ class MicroserviceTracker:
         return f"<MicroserviceTracker {state}, {len(self.snapshot())} labels>"
 
 
-def _close_quietly(stream: Any) -> None:
+def _close_quietly(stream: EventStream) -> None:
     with contextlib.suppress(Exception):  # closing twice, or a half-torn-down socket
         stream.close()
-
-
-def _describe(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    if isinstance(e, OSError) and e.errno in (errno.ENOENT, errno.ECONNREFUSED):
-        text = f"{text} (is the docker daemon running?)"
-    return text

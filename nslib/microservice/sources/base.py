@@ -1,0 +1,176 @@
+"""What the microservice tracker needs from a container runtime.
+
+A :class:`Source` turns one runtime (docker, podman, containerd) into three
+operations: subscribe to its container events, list what runs, and look at
+one container.  The tracker does the rest (threads, replay, resync, the
+label table) identically for every runtime, so STARTED, RESTARTED, STOPPED
+and CONFLICT mean the same whatever the source.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = [
+    "ContainerState",
+    "EventStream",
+    "Source",
+    "SourceEvent",
+    "SourceNotFound",
+    "SourceUnavailable",
+]
+
+HEX_ID: Final = re.compile(r"[0-9a-f]{12,64}")
+"""Docker and podman container IDs (full or short)."""
+
+CONTAINERD_ID: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,74}[A-Za-z0-9])?")
+"""containerd's identifier rule (``identifiers.Validate``): 76 characters at most."""
+
+
+class SourceUnavailable(Exception):
+    """The runtime could not be reached or refused a request (retry later)."""
+
+
+class SourceNotFound(Exception):
+    """The runtime says the container does not exist (any more)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerState:
+    """One container as the runtime describes it, in the tracker's terms.
+
+    ``pid`` is 0 and ``running`` false when no process runs for it.  Times
+    are nanoseconds since the epoch.  ``env`` is the ``KEY=VALUE`` list of the
+    container's process; ``labels`` its runtime labels (for a Kubernetes pod
+    sandbox, the pod's labels and annotations).  ``default_label`` is a
+    label the source itself assigns (e.g. ``<namespace>/<pod>`` for a pod),
+    used when neither the environment nor a label key names one.
+    """
+
+    container_id: str
+    name: str
+    pid: int
+    running: bool
+    created_ns: int
+    started_at_ns: int
+    env: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    network_mode: str = "default"
+    pod: str | None = None
+    default_label: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEvent:
+    """One container event: when (runtime clock, ns; None if unknown), which, what."""
+
+    time_ns: int | None
+    container_id: str
+    action: str
+
+
+class EventStream(abc.ABC):
+    """An open event subscription: iterate it on one thread, close it from any.
+
+    Iteration ends (without an exception, or with any exception: the tracker
+    treats both as a disconnect) when the connection breaks or :meth:`close`
+    is called; :meth:`close` must make a blocked iteration return promptly
+    and be idempotent.
+    """
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[SourceEvent]:
+        """The events, as they arrive."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the subscription; a blocked iteration returns promptly."""
+
+
+class Source(abc.ABC):
+    """A container runtime the tracker can follow.
+
+    Implementations are used from the tracker's threads: :meth:`subscribe`
+    and the stream from the reader thread, :meth:`inspect` and :meth:`sync`
+    from the worker, :meth:`close` from whichever thread stops the tracker.
+    """
+
+    #: Runtime kind shown to users: ``"docker"``, ``"podman"``, ``"containerd"``.
+    kind: str = "?"
+    #: True when :meth:`subscribe` can replay events since a past time.
+    replays: bool = False
+    #: Regular expression every container ID of this runtime matches.
+    id_pattern: re.Pattern[str] = HEX_ID
+
+    _closed: bool = False
+
+    @property
+    def closed(self) -> bool:
+        """:meth:`close` was called."""
+        return self._closed
+
+    @property
+    def name(self) -> str:
+        """What ``nslib ms ls`` shows as the source (e.g. ``containerd:k8s.io``)."""
+        return self.kind
+
+    def now_ns(self) -> int:
+        """The runtime's clock now (ns), for the first subscription's ``since``."""
+        import time
+
+        return time.time_ns()
+
+    @abc.abstractmethod
+    def subscribe(self, since_ns: int | None, label_key: str | None) -> EventStream:
+        """Open the container event stream.
+
+        :param since_ns: Replay events from this runtime time on (only when
+            :attr:`replays`); None: live events only.
+        :param label_key: When not None, only containers carrying this label
+            key matter (the source may filter on it, or not).
+        :raises SourceUnavailable: or any other exception: not connected.
+        """
+
+    @abc.abstractmethod
+    def inspect(self, container_id: str) -> ContainerState:
+        """The container's current state.
+
+        :raises SourceNotFound: it does not exist.
+        :raises Exception: anything else: state unknown (the tracker resyncs).
+        """
+
+    @abc.abstractmethod
+    def list_running(self, label_key: str | None) -> list[str]:
+        """IDs of the containers that run now (may include some that do not)."""
+
+    def sync(self, label_key: str | None) -> dict[str, ContainerState]:
+        """Every running container's state: list, then inspect each.
+
+        Sources that can do better than one request per container override it.
+        """
+        out: dict[str, ContainerState] = {}
+        for cid in self.list_running(label_key):
+            if self._closed:
+                break  # the tracker is stopping: the answer is not used
+            try:
+                out[cid] = self.inspect(cid)
+            except SourceNotFound:
+                continue  # removed since the list: its events follow
+        return out
+
+    def close(self) -> None:
+        """Release what the source opened; later calls may fail.  Idempotent."""
+        self._closed = True
+
+    def describe_error(self, exc: BaseException) -> str:
+        """A short text for *exc*, with a hint when the runtime is not there."""
+        import errno
+
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            text = f"{text} (is the {self.kind} daemon running?)"
+        return text

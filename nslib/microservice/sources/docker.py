@@ -1,0 +1,194 @@
+"""The docker daemon as a microservice source (the Docker SDK for Python)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+from ..._docker_state import parse_time_ns
+from ...errors import DockerUnavailableError
+from .base import ContainerState, EventStream, Source, SourceEvent, SourceNotFound
+
+__all__ = ["DockerSource"]
+
+_log = logging.getLogger("nslib.microservice")
+
+_CLIENT_TIMEOUT: Final = 10  # seconds per list/inspect request of a client we build
+# "remove" is podman's "destroy" (its docker-compatible socket works too).
+_EVENTS: Final = ["start", "die", "destroy", "remove"]
+
+
+class _DockerEvents(EventStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[SourceEvent]:
+        for ev in self._stream:
+            actor = ev.get("Actor") or {}
+            cid = actor.get("ID") or ev.get("id")
+            if not isinstance(cid, str):
+                continue
+            t = ev.get("timeNano")
+            action = ev.get("Action") or ev.get("status") or ""
+            yield SourceEvent(t if isinstance(t, int) else None, cid, str(action))
+
+    def close(self) -> None:
+        """Close the client if this source built it; no new one is built after."""
+        _close_quietly(self._stream)
+
+
+def _close_quietly(stream: Any) -> None:
+    with contextlib.suppress(Exception):  # closing twice, or a half-torn-down socket
+        stream.close()
+
+
+def state_from_inspect(info: Mapping[str, Any], log: logging.Logger = _log) -> ContainerState:
+    """A :class:`ContainerState` from docker's (or podman's) ``inspect`` answer.
+
+    Unexpected data gives a state that is not running (and a warning): such
+    a container is never a microservice, and the tracker goes on.
+    """
+    state = info.get("State") or {}
+    cid = str(info.get("Id") or "")
+    config = info.get("Config") or {}
+    pid = state.get("Pid") or 0
+    running = bool(state.get("Running")) and isinstance(pid, int) and pid > 0
+    name = str(info.get("Name") or "").lstrip("/")
+    try:
+        created = parse_time_ns(str(info["Created"]))
+        started = parse_time_ns(str(state["StartedAt"])) if running else 0
+    except (KeyError, ValueError) as e:
+        if running:
+            log.warning("ignoring container %s: unexpected inspect data: %s", cid[:12], e)
+        return ContainerState(
+            container_id=cid, name=name, pid=0, running=False, created_ns=0, started_at_ns=0
+        )
+    labels = config.get("Labels") or {}
+    return ContainerState(
+        container_id=cid,
+        name=name,
+        pid=pid if running else 0,
+        running=running,
+        created_ns=created,
+        started_at_ns=started,
+        env=tuple(str(e) for e in (config.get("Env") or ())),
+        labels={str(k): str(v) for k, v in labels.items()},
+        network_mode=str((info.get("HostConfig") or {}).get("NetworkMode") or "default"),
+        pod=str(info.get("Pod")) if info.get("Pod") else None,
+    )
+
+
+class DockerSource(Source):
+    """Follows a docker daemon through the Docker SDK for Python.
+
+    :param client: A ``docker.DockerClient`` (or ``docker.APIClient``); it is
+        not closed by :meth:`close`.  None builds one from the environment
+        (``DOCKER_HOST``, as ``docker.from_env``) lazily and retried, so a
+        daemon that is not up yet is not an error; that one is closed.
+
+    Events: ``start``, ``die``, ``destroy`` (and podman's ``remove``),
+    replayed with ``since`` after a reconnection.  With only a label key, the
+    daemon filters by it.
+    """
+
+    kind = "docker"
+    replays = True
+
+    def __init__(self, client: Any = None) -> None:
+        self._client: Any = client
+        self._owns_client = client is None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The SDK client in use (None until an owned one is built)."""
+        return self._client
+
+    def _api(self) -> Any:
+        client = self._client
+        if client is None:
+            # After close() a call in flight must not build a new client,
+            # which could wait _CLIENT_TIMEOUT seconds for a silent daemon.
+            if self._closed:
+                raise DockerUnavailableError("the microservice tracker is stopping")
+            import docker  # lazily: `import nslib` must not load docker
+
+            # from_env() asks the daemon for its API version, so it raises
+            # while the daemon is down; that is one more retry, not an error.
+            client = docker.from_env(timeout=_CLIENT_TIMEOUT)
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    raise DockerUnavailableError("the microservice tracker is stopping")
+                self._client = client
+        return getattr(client, "api", client)
+
+    def now_ns(self) -> int:
+        """The daemon's clock (this host's for a unix socket)."""
+        # A unix socket is this host's clock; a remote daemon's may differ by
+        # more than the tracker's replay margin, so ask it.  docker-py names
+        # every unix socket "http+docker://localhost" (ssh and npipe differ).
+        api = self._api()
+        if str(getattr(api, "base_url", "")) == "http+docker://localhost":
+            return time.time_ns()
+        try:
+            return parse_time_ns(str(api.info()["SystemTime"]))
+        except (KeyError, ValueError):
+            return time.time_ns()
+
+    def subscribe(self, since_ns: int | None, label_key: str | None) -> EventStream:
+        """``GET /events`` filtered to container start, die, destroy, remove."""
+        api = self._api()
+        filters: dict[str, Any] = {"type": "container", "event": _EVENTS}
+        if label_key is not None:
+            filters["label"] = label_key
+        kwargs: dict[str, Any] = {}
+        if since_ns is not None:
+            # A string: the daemon reads "<sec>.<9-digit ns>" exactly; a
+            # float rounds and can skip an event.
+            kwargs["since"] = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
+        stream = api.events(filters=filters, decode=True, **kwargs)
+        # The SDK turns an HTTP error into an empty stream; the status is
+        # only visible on the response.
+        status = getattr(getattr(stream, "_response", None), "status_code", 200)
+        if status != 200:
+            _close_quietly(stream)
+            raise DockerUnavailableError(f"the daemon refused the event stream: HTTP {status}")
+        return _DockerEvents(stream)
+
+    def inspect(self, container_id: str) -> ContainerState:
+        """``inspect`` of the container (see :class:`Source`)."""
+        try:
+            info = self._api().inspect_container(container_id)
+        except Exception as e:
+            if _is_not_found(e):
+                raise SourceNotFound(container_id) from e
+            raise
+        return state_from_inspect(info)
+
+    def list_running(self, label_key: str | None) -> list[str]:
+        """The running (and paused) containers, by label key when given."""
+        filters = {"label": label_key} if label_key is not None else None
+        # running (and paused) only
+        return [str(e["Id"]) for e in self._api().containers(filters=filters)]
+
+    def close(self) -> None:
+        """Close the client if this source built it; no new one is built after."""
+        super().close()
+        with self._lock:
+            client = self._client if self._owns_client else None
+            if client is not None:
+                self._client = None
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a pool does not really fail
+                client.close()
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    import docker.errors
+
+    return isinstance(exc, docker.errors.NotFound)
