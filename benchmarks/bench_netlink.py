@@ -32,7 +32,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import shutil
 import statistics
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -44,6 +47,7 @@ from nslib import netlink as nl
 
 G_IPR = "IPRoute in a namespace (construct + link dump)"
 G_PENDING = "pending interface configured after container start"
+G_APPLY = "veth + addresses + up, into an existing named namespace"
 
 
 def _dump(ipr: object) -> int:
@@ -113,6 +117,109 @@ def bench_iproute(quick: bool) -> tuple[list[Result], list[Target]]:
             vs_pyroute2 >= 2.5,
             f"pyroute2 takes {vs_pyroute2:.1f}x nslib's time",
         ),
+    ]
+    return results, targets
+
+
+def bench_apply(quick: bool) -> tuple[list[Result], list[Target]]:
+    """The configurator's apply against the same requests made directly.
+
+    Each round creates a named namespace (untimed), then, in alternating
+    order: ``Configurator.add_veth`` until the item is APPLIED, and the
+    same pair made through two ``nslib.netlink.Session`` objects (open,
+    create the pair with the peer in the plugin's default namespace, then
+    per end: look up the index, add the address, set it up; close).  Both
+    send the same requests; the configurator adds its worker thread,
+    namespace resolution through the plugin, and its bookkeeping.
+    """
+    rounds = 15 if quick else 60
+    tag = f"nsbench-ap{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    conf_s: list[float] = []
+    direct_s: list[float] = []
+    base = tempfile.mkdtemp(prefix="nsbench-ap-")
+    run_dir = os.path.join(base, "netns")  # private: nothing else touches it
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, base, ignore_errors=True)
+        cleanup.callback(subprocess.run, ["umount", "-l", run_dir], capture_output=True)
+        home = cleanup.enter_context(nslib.NsHandle.new())
+
+        def make_plugin() -> nslib.NsPlugin:
+            p = nslib.NsPlugin(nslib.Config(create_missing=False, run_dir=run_dir))
+            p.init()
+            return p
+
+        plugin = nslib.run_in(home, make_plugin)  # veth peers land in `home`
+        cleanup.callback(plugin.close)
+        conf = cleanup.enter_context(nslib.Configurator(plugin))
+
+        def via_conf(ref: nslib.NetNamespace, i: int) -> float:
+            item = conf.add_veth(
+                "eth1",
+                f"nsa{i}",
+                ns=ref,
+                addresses=[f"10.250.{i % 250}.2/30"],
+                peer_addresses=[f"10.250.{i % 250}.1/30"],
+            )
+            item.wait(nslib.ItemStatus.APPLIED, timeout=5)
+            t = time.perf_counter()
+            conf.remove(item)
+            item.wait(nslib.ItemStatus.REMOVED, timeout=5)
+            return t
+
+        def direct(ref: nslib.NetNamespace, i: int) -> float:
+            peer = f"nsd{i}"
+            path = os.path.join(run_dir, ref.reference)  # the named namespace, by its file
+            with nl.Session(path) as s, nl.Session(home) as p:
+                s.add_veth("eth1", peer, peer_ns=p)
+                for sess, link, addr in (
+                    (s, "eth1", f"10.250.{i % 250}.2/30"),
+                    (p, peer, f"10.250.{i % 250}.1/30"),
+                ):
+                    index = sess.link_index(link)
+                    sess.add_address(index, addr)
+                    sess.set_link_up(index)
+                t = time.perf_counter()
+                s.delete_link("eth1")
+            return t
+
+        for i in range(rounds + 2):  # two warm-up rounds
+            name = f"{tag}-{i}"
+            named.create(name, run_dir=run_dir).close()
+            try:
+                ref = nslib.NetNamespace.named(name)
+                order = [(via_conf, conf_s), (direct, direct_s)]
+                if i % 2:
+                    order.reverse()
+                for fn, out in order:
+                    gc.collect(0)
+                    t0 = time.perf_counter()
+                    t1 = fn(ref, i)
+                    if i >= 2:
+                        out.append(t1 - t0)
+            finally:
+                named.delete(name, run_dir=run_dir)
+    c, d = statistics.median(conf_s), statistics.median(direct_s)
+    results = [
+        Result(
+            G_APPLY,
+            "nslib Configurator.add_veth -> APPLIED",
+            c,
+            "nslib",
+            f"median of {len(conf_s)}",
+            {"p95": percentile(conf_s, 95)},
+        ),
+        Result(
+            G_APPLY,
+            "the same requests through two nslib.netlink.Session",
+            d,
+            "limit",
+            "open both, create, index+address+up per end, close",
+            {"p95": percentile(direct_s, 95)},
+        ),
+    ]
+    ratio = c / d
+    targets = [
+        Target(G_APPLY, "configurator within 1.3x of direct netlink", ratio <= 1.3, f"{ratio:.2f}x")
     ]
     return results, targets
 
@@ -207,8 +314,9 @@ def bench_pending(quick: bool) -> tuple[list[Result], list[Target]]:
 
 def run(quick: bool) -> tuple[list[Result], list[Target]]:
     results, targets = bench_iproute(quick)
+    r1, t1 = bench_apply(quick)
     r2, t2 = bench_pending(quick)
-    return results + r2, targets + t2
+    return results + r1 + r2, targets + t1 + t2
 
 
 if __name__ == "__main__":

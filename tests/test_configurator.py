@@ -22,7 +22,7 @@ from helpers import plugin_in
 import nslib
 from nslib import NetNamespace, NsPlugin
 from nslib import netlink as nl
-from nslib.configurator import ConfigItem, Configurator, ItemStatus
+from nslib.configurator import ApplyContext, ConfigItem, Configurator, ItemStatus
 from nslib.plugin import Config
 
 pytestmark = pytest.mark.root
@@ -606,3 +606,97 @@ def test_a_refused_shared_namespace_is_failed_not_pending(
     finally:
         c.remove(force=True)
     veth.wait(PENDING, timeout=10)
+
+
+# -- sessions, the extension point ----------------------------------------------------------
+
+
+def test_existing_named_namespace_never_waits_for_a_poll(plugin, run_dir, unique) -> None:
+    """Applied by the time add_*() returns, even with a poll that never ticks."""
+    with (
+        Configurator(plugin, poll_interval=3600) as conf,
+        nslib.named.create(unique, run_dir=run_dir) as blue,
+    ):
+        veth = conf.add_veth(
+            "nlt-np0", "nlt-np0p", ns=NetNamespace.named(unique), addresses=["10.250.40.2/30"]
+        )
+        assert veth.status is APPLIED, veth
+        assert nl.get_link("nlt-np0", ns=blue).up
+    nslib.named.delete(unique, run_dir=run_dir)
+
+
+def test_worker_keeps_its_sessions_between_passes(
+    plugin, run_dir, unique, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass over a namespace that did not change opens no new netlink socket."""
+    from nslib.configurator import worker
+
+    made: list[object] = []
+
+    class Counting(nl.Session):
+        def __init__(self, ns: object = None) -> None:
+            super().__init__(ns)  # type: ignore[arg-type]
+            made.append(ns)
+
+    monkeypatch.setattr(worker.nl, "Session", Counting)
+    ref = NetNamespace.named(unique)
+    with Configurator(plugin) as conf, nslib.named.create(unique, run_dir=run_dir) as blue:
+        veth = conf.add_veth("nlt-ks0", "nlt-ks0p", ns=ref, addresses=["10.250.41.2/30"])
+        route = conf.add_route("10.251.41.0/24", ns=ref, dev="nlt-ks0")
+        assert (veth.status, route.status) == (APPLIED, APPLIED)
+        assert len(made) == 2  # the target's and the default namespace's, once each
+        for g in (2, 3, 4):
+            conf.resync()
+            veth.wait(APPLIED, timeout=5, generation=g)
+            route.wait(APPLIED, timeout=5, generation=g)
+        assert len(made) == 2
+        assert ("10.251.41.0", 24, None) in routes(blue)
+    nslib.named.delete(unique, run_dir=run_dir)
+
+
+class LoMtuItem(ConfigItem):
+    """A kind of item defined outside nslib: the MTU of ``lo``, put back on undo."""
+
+    kind = "lo-mtu"
+
+    def __init__(self, ns: NetNamespace | None, mtu: int) -> None:
+        super().__init__(ns)
+        self.mtu = mtu
+        self.undone = 0
+
+    def describe(self) -> str:
+        return f"lo mtu {self.mtu} in {self.ns}"
+
+    def apply(self, ctx: ApplyContext) -> None:
+        s = ctx.session(self.ns)
+        if s.get_link("lo", addresses=False).mtu != self.mtu:
+            s.set_mtu("lo", self.mtu)
+
+    def undo(self, ctx: ApplyContext) -> None:
+        ctx.session(self.ns).set_mtu("lo", 65536)
+        self.undone += 1
+
+
+def test_a_new_kind_of_item_through_add(conf, run_dir, unique, changes) -> None:
+    ref = NetNamespace.named(unique)
+    item = conf.add(LoMtuItem(ref, 9000))
+    assert item.status is PENDING and unique in (item.waiting_for or "")
+    with nslib.named.create(unique, run_dir=run_dir) as blue:
+        item.wait(APPLIED, timeout=5)
+        assert nl.get_link("lo", ns=blue).mtu == 9000
+        assert (item.describe(), APPLIED) in changes and item in conf.items()
+        conf.remove(item)
+        item.wait(REMOVED, timeout=5)
+        assert item.undone == 1 and nl.get_link("lo", ns=blue).mtu == 65536
+    nslib.named.delete(unique, run_dir=run_dir)
+
+
+def test_add_refuses_what_is_not_a_new_item(conf) -> None:
+    with pytest.raises(TypeError, match="ConfigItem"):
+        conf.add("route 10.0.0.0/8")  # type: ignore[type-var]
+    with pytest.raises(TypeError):
+        conf.add(LoMtuItem("name:x", 1500))  # type: ignore[arg-type]
+    item = conf.add(LoMtuItem(NetNamespace.named("nlt-never"), 1500))
+    with pytest.raises(ValueError, match="declared already"):
+        conf.add(item)
+    assert conf.items() == [item]
