@@ -265,3 +265,139 @@ def setns(fd: int, nstype: int, what: str) -> None:
     """``setns(2)`` on the calling thread (no bookkeeping; prefer :func:`enter`)."""
     if lib.nslib_setns(fd, nstype) < 0:
         fail(-1, what)
+
+
+# -- spawning into several namespaces (csrc/spawn.c) ---------------------------
+
+STEP_SETNS: int = lib.NSLIB_STEP_SETNS
+STEP_EXEC: int = lib.NSLIB_STEP_EXEC
+STEP_CWD: int = lib.NSLIB_STEP_CWD
+#: What a failed child was doing, by step number (for messages).
+STEPS: dict[int, str] = {
+    lib.NSLIB_STEP_SETNS: "joining a namespace",
+    lib.NSLIB_STEP_SETGROUPS: "dropping supplementary groups",
+    lib.NSLIB_STEP_SETGID: "setgid(0) in the user namespace",
+    lib.NSLIB_STEP_SETUID: "setuid(0) in the user namespace",
+    lib.NSLIB_STEP_ROOT: "changing the root directory",
+    lib.NSLIB_STEP_CWD: "changing the working directory",
+    lib.NSLIB_STEP_FORK: "forking into the PID namespace",
+    lib.NSLIB_STEP_FDS: "setting up the child's file descriptors",
+    lib.NSLIB_STEP_SESSION: "setsid/setpgid",
+    lib.NSLIB_STEP_EXEC: "exec",
+    lib.NSLIB_STEP_CLONE: "clone",
+    lib.NSLIB_STEP_PIPE: "preparing the spawn",
+}
+SPAWN_CLOSE_FDS: int = lib.NSLIB_SPAWN_CLOSE_FDS
+SPAWN_RESTORE_SIGNALS: int = lib.NSLIB_SPAWN_RESTORE_SIGNALS
+SPAWN_SETSID: int = lib.NSLIB_SPAWN_SETSID
+SPAWN_CREDS: int = lib.NSLIB_SPAWN_CREDS
+_KIND_ENOTNS: int = lib.NSLIB_KIND_ENOTNS
+_KIND_EWRONGTYPE: int = lib.NSLIB_KIND_EWRONGTYPE
+
+
+def _kind_failed(rc: int, want: int, nstype: int, what: str, path: str | None) -> NoReturn:
+    err = ffi.errno  # first
+    if rc == _KIND_ENOTNS:
+        raise NotANamespace(f"not a namespace: {what}")
+    if rc == _KIND_EWRONGTYPE:
+        have = _NSTYPES.get(nstype, hex(nstype))
+        wrong = NotANamespace(
+            f"a {have} namespace, not a {_NSTYPES.get(want, hex(want))} namespace: {what}"
+        )
+        wrong.nstype = nstype
+        raise wrong
+    raise oserror(err, what, path)
+
+
+def open_kind(path: bytes, want: int, what: str, dirfd: int = AT_FDCWD) -> tuple[int, int]:
+    """Open *path* O_CLOEXEC as a namespace of type *want* (0: any); ``(fd, type)``.
+
+    :raises NotANamespace: not a namespace, or one of another type (its
+        ``nstype`` says which).
+    :raises NamespaceNotFound: no such file (ENOENT, ESRCH).
+    """
+    nstype = ffi.new("int *")
+    fd = lib.nslib_open_kind(dirfd, path, want, nstype)
+    if fd < 0:
+        _kind_failed(fd, want, nstype[0], what, os.fsdecode(path))
+    return fd, int(nstype[0])
+
+
+def check_kind(fd: int, want: int, what: str) -> int:
+    """The CLONE_NEW* type of the namespace *fd*, which must be *want* (0: any).
+
+    :raises NotANamespace: not a namespace, or one of another type.
+    :raises OSError: EBADF for a closed fd.
+    """
+    nstype = ffi.new("int *")
+    rc = lib.nslib_check_kind(fd, want, nstype)
+    if rc != 0:
+        _kind_failed(rc, want, nstype[0], what, None)
+    return int(nstype[0])
+
+
+def _strv(items: list[bytes], keep: list[object]) -> object:
+    cells = [ffi.new("char[]", item) for item in items]
+    keep.extend(cells)
+    arr = ffi.new("char *[]", [*cells, ffi.NULL])
+    keep.append(arr)
+    return arr
+
+
+def spawn(
+    argv: list[bytes],
+    envp: list[bytes] | None,
+    exec_paths: list[bytes],
+    namespaces: list[tuple[int, int]],
+    *,
+    pidfd: int = -1,
+    pidfd_types: int = 0,
+    root_fd: int = -1,
+    cwd_fd: int = -1,
+    cwd_path: bytes | None = None,
+    stdio: tuple[int, int, int] = (-1, -1, -1),
+    keep_fds: list[int] | None = None,
+    flags: int = 0,
+    pgid: int = -1,
+    umask: int = -1,
+) -> tuple[int, int, int, int]:
+    """``nslib_spawn``: ``(pid, 0, 0, 0)``, or ``(-1, step, kind, errno)`` if the child failed.
+
+    *namespaces* is ``[(fd, CLONE_NEW*), ...]`` (the C side joins them in
+    nsenter's order).  Every child and grandchild that failed is reaped.
+    """
+    if len(namespaces) > lib.NSLIB_SPAWN_MAX_NS:
+        raise ValueError(f"at most {lib.NSLIB_SPAWN_MAX_NS} namespaces")
+    keep: list[object] = []
+    req = ffi.new("struct nslib_spawn_req *")
+    req.argv = _strv(argv, keep)
+    req.envp = ffi.NULL if envp is None else _strv(envp, keep)
+    req.exec_paths = _strv(exec_paths, keep)
+    for i, (fd, nstype) in enumerate(namespaces):
+        req.ns_fds[i] = fd
+        req.ns_types[i] = nstype
+    req.n_ns = len(namespaces)
+    req.pidfd = pidfd
+    req.pidfd_types = pidfd_types
+    req.root_fd = root_fd
+    req.cwd_fd = cwd_fd
+    if cwd_path is None:
+        req.cwd_path = ffi.NULL
+    else:
+        cell = ffi.new("char[]", cwd_path)
+        keep.append(cell)
+        req.cwd_path = cell
+    req.stdin_fd, req.stdout_fd, req.stderr_fd = stdio
+    fds = sorted(set(keep_fds or ()))
+    arr = ffi.new("int[]", fds or [0])
+    keep.append(arr)
+    req.keep_fds = arr
+    req.n_keep = len(fds)
+    req.flags = flags
+    req.pgid = pgid
+    req.umask = umask
+    out = ffi.new("struct nslib_spawn_err *")
+    pid = lib.nslib_spawn(req, out)
+    if pid < 0:
+        return -1, int(out.step), int(out.kind), int(out.err)
+    return int(pid), 0, 0, 0

@@ -19,12 +19,14 @@ __all__ = [
     "LinkExists",
     "LinkNotFound",
     "NamespaceExists",
+    "NamespaceJoinError",
     "NamespaceNotFound",
     "NamespaceRestoreError",
     "NotANamespace",
     "NslibError",
     "PluginDisabledError",
     "SharedNamespaceError",
+    "SpawnError",
     "UnavailableMicroserviceError",
 ]
 
@@ -92,6 +94,31 @@ class SharedNamespaceError(UnavailableMicroserviceError):
     host.  ``Microservice.open_namespace(allow_shared=True)`` opens it
     anyway.  A configurator reports such an item FAILED, not PENDING.
     """
+
+
+class SpawnError(OSError, NslibError):
+    """A child started into namespaces failed before its program ran.
+
+    :attr:`step` says what it was doing (``"changing the root directory"``,
+    ...); ``errno`` is the child's.  A program that cannot be executed is a
+    plain ``OSError`` subclass instead (``FileNotFoundError``), as with
+    :mod:`subprocess`.
+    """
+
+    #: What the child was doing when it failed.
+    step: str = ""
+
+
+class NamespaceJoinError(SpawnError):
+    """A child could not join one of its namespaces; :attr:`kind` says which.
+
+    ``kind`` is an :class:`nslib.kinds.NsKind`; ``errno`` is ``setns(2)``'s
+    (EPERM: not allowed, EINVAL: e.g. re-entering the caller's own user
+    namespace).
+    """
+
+    #: The kind of namespace that could not be joined (an ``NsKind``).
+    kind: object = None
 
 
 class DockerUnavailableError(ConnectionError, NslibError):
