@@ -64,7 +64,9 @@ def validate_run_dir(run_dir: str | os.PathLike[str] | None) -> str:
     if not isinstance(d, str):
         raise InvalidReference(f"run_dir must be a str path, not {type(d).__name__}")
     if not d:
-        raise InvalidReference("run_dir is empty (it would mean the current directory)")
+        raise InvalidReference(
+            "run_dir is empty (it would mean the current directory); refusing it"
+        )
     if "\0" in d:
         raise InvalidReference(f"run_dir contains a NUL byte: {d!r}")
     try:
