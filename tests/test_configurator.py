@@ -626,9 +626,10 @@ def test_existing_named_namespace_never_waits_for_a_poll(plugin, run_dir, unique
 
 
 def test_worker_keeps_its_sessions_between_passes(
-    plugin, run_dir, unique, monkeypatch: pytest.MonkeyPatch
+    plugin, run_dir, unique, monkeypatch: pytest.MonkeyPatch, fd_baseline
 ) -> None:
-    """A pass over a namespace that did not change opens no new netlink socket."""
+    """A pass over a namespace that did not change opens no new netlink socket;
+    closing the configurator closes every session (fd_baseline)."""
     from nslib.configurator import worker
 
     made: list[object] = []
