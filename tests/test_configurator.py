@@ -664,11 +664,13 @@ class LoMtuItem(ConfigItem):
         super().__init__(ns)
         self.mtu = mtu
         self.undone = 0
+        self.applied_in: tuple[int, int] | None = None
 
     def describe(self) -> str:
         return f"lo mtu {self.mtu} in {self.ns}"
 
     def apply(self, ctx: ApplyContext) -> None:
+        self.applied_in = ctx.handle(self.ns).ns_id
         s = ctx.session(self.ns)
         if s.get_link("lo", addresses=False).mtu != self.mtu:
             s.set_mtu("lo", self.mtu)
@@ -684,7 +686,7 @@ def test_a_new_kind_of_item_through_add(conf, run_dir, unique, changes) -> None:
     assert item.status is PENDING and unique in (item.waiting_for or "")
     with nslib.named.create(unique, run_dir=run_dir) as blue:
         item.wait(APPLIED, timeout=5)
-        assert nl.get_link("lo", ns=blue).mtu == 9000
+        assert nl.get_link("lo", ns=blue).mtu == 9000 and item.applied_in == blue.ns_id
         assert (item.describe(), APPLIED) in changes and item in conf.items()
         conf.remove(item)
         item.wait(REMOVED, timeout=5)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .. import netlink as nl
 from ..errors import InvalidReference, LinkExists, LinkNotFound
+from ..handle import NsHandle
 from ..reference import NetNamespace, ReferenceType
 
 if TYPE_CHECKING:
@@ -87,6 +88,17 @@ class ApplyContext(Protocol):
         """The netlink session of namespace *ref* (``None``: the plugin's default).
 
         Owned by the configurator: never close it.
+
+        :raises Unresolved: *ref* does not resolve now.
+        """
+        ...
+
+    def handle(self, ref: Target) -> NsHandle:
+        """The namespace *ref* resolves to in this pass, for what is not netlink.
+
+        (Running a program inside it, for example.)  Owned by the
+        configurator and closed after the pass: never close it, ``dup()``
+        it to keep it.
 
         :raises Unresolved: *ref* does not resolve now.
         """
