@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from importlib.metadata import version as _dist_version
 from typing import Any
 
@@ -29,49 +30,74 @@ autodoc_preserve_defaults = True
 # So are private names (a leading underscore), type variables and the private
 # type aliases that appear in signatures.  Every other reference must resolve.
 _EXTERNAL = (
-    "asyncio|builtins|collections|concurrent|contextlib|datetime|docker|enum|ipaddress|os"
-    "|pathlib|pyroute2|socket|subprocess|threading|types|typing"
+    "abc|asyncio|builtins|collections|concurrent|contextlib|datetime|docker|enum|ipaddress|json|os"
+    "|pathlib|pyroute2|re|socket|subprocess|threading|types|typing"
 )
 nitpick_ignore_regex = [
     (r"py:.*", rf"({_EXTERNAL})(\..+)?"),
     (r"py:.*", r"(.+\.)?_\w+(\..+)?"),  # private: nslib._syscalls, nslib.plugin._Tracker
     (r"py:.*", r"(typing\.)?~?[A-Z]|nslib\.\w+\.[A-Z]"),  # TypeVars and ParamSpecs
-    (r"py:class", r"NsLike|Target"),  # private type aliases in signatures
+    (r"py:class", r"NsLike"),  # a private type alias in signatures
+    (r"py:class", r"nl\..+"),  # the configurator's short name for nslib.netlink
 ]
 
 
-def _public_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:
-    """Resolve a name users import from the package to where it is documented.
+def _import(dotted: str) -> object:
+    """The object a dotted ``nslib...`` name denotes, or ``None``."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        return obj
+    return None
 
-    The package re-exports names from its modules (``nslib.NsHandle`` is
-    ``nslib.handle.NsHandle``), and docstrings use that vocabulary:
-    ``nslib.NsHandle``, or just ``NsHandle``, ``NetNamespace.parse``,
-    ``entered``.  Anything that is not a re-export stays unresolved.
+
+def _same(a: object, b: object) -> bool:
+    """Whether two lookups give the same object (a classmethod is bound anew each time)."""
+    return a is not None and getattr(a, "__func__", a) is getattr(b, "__func__", b)
+
+
+def _documented_as(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    """Resolve a reference to where the object it names is documented.
+
+    Each page documents a public module, and a package documents what it
+    re-exports (``nslib.netlink.Session`` is defined in
+    ``nslib.netlink.session``).  Signatures name the defining module, and
+    docstrings use what users import: ``nslib.NsHandle``, or just
+    ``NsHandle``, ``NetNamespace.parse``, ``Result``.  A reference resolves
+    to the documented name of the same object, or else to the one documented
+    name that ends with it; anything else stays unresolved (and fails the
+    nitpicky build).
     """
     if node.get("refdomain") != "py":
         return None
     target = node.get("reftarget", "").lstrip("~.")
-    if target.startswith("nslib."):
-        target = target[len("nslib.") :]
-    head, _, rest = target.partition(".")
-    package = importlib.import_module("nslib")
-    if head not in package.__all__:
-        return None
-    try:
-        obj = getattr(package, head)  # a lazy name imports its module here
-    except ImportError:
-        return None  # autodoc has already reported the broken module
-    home = getattr(obj, "__module__", None)
-    if not isinstance(home, str) or not home.startswith("nslib."):
-        return None
-    name = getattr(obj, "__qualname__", head) if not isinstance(obj, type(package)) else ""
-    new = ".".join(part for part in (obj.__name__ if not name else home, name, rest) if part)
     domain = env.get_domain("py")
+    names = sorted(domain.objects)
+    obj = _import(target) if target.startswith("nslib.") else None
+    if inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj):
+        tail = "." + target.rpartition(".")[2]
+        found = [n for n in names if n.endswith(tail) and _same(_import(n), obj)]
+    else:
+        key = "." + target.removeprefix("nslib.")
+        found = [n for n in names if n.endswith(key)]
+        objs = [_import(n) for n in found]
+        if any(not _same(o, objs[0]) for o in objs[1:]):
+            return None  # two different things: ambiguous
+    if not found:
+        return None
     return domain.resolve_xref(
-        env, node.get("refdoc"), app.builder, node.get("reftype"), new, node, contnode
+        env, node.get("refdoc"), app.builder, node.get("reftype"), found[0], node, contnode
     )
 
 
 def setup(app: Any) -> None:
-    """Register the alias resolver."""
-    app.connect("missing-reference", _public_alias)
+    """Register the resolver of re-exported names."""
+    app.connect("missing-reference", _documented_as)
