@@ -162,21 +162,39 @@ def test_senseless_run_dirs_are_refused_before_anything_is_mounted(args: list[st
     "bad", ["", "/", "/proc", "/proc/1", "/sys", "/dev", "/dev/shm", "/a/../sys"]
 )
 def test_every_run_dir_function_refuses(bad: str) -> None:
-    calls = [
-        lambda: named.create("x", run_dir=bad),
-        lambda: named.delete("x", run_dir=bad),
-        lambda: named.exists("x", run_dir=bad),
-        lambda: named.list(run_dir=bad),
-        lambda: named.stale(run_dir=bad),
-        lambda: named.repair("x", run_dir=bad),
-        lambda: named.pids("x", run_dir=bad),
-        lambda: named.run_dir_status(bad),
-    ]
-    before = mount_table()
-    for call in calls:
-        with pytest.raises(nslib.InvalidReference):
-            call()
-    assert mount_table() == before
+    # In a private mount namespace: a regression here would reshare or cover
+    # the host's /, /proc or /dev (it did, on the code before this check).
+    script = _PRELUDE + textwrap.dedent(
+        """
+        import nslib
+        from nslib import named
+        bad = sys.argv[1]
+        calls = {
+            "create": lambda: named.create("x", run_dir=bad),
+            "delete": lambda: named.delete("x", run_dir=bad),
+            "exists": lambda: named.exists("x", run_dir=bad),
+            "list": lambda: named.list(run_dir=bad),
+            "stale": lambda: named.stale(run_dir=bad),
+            "repair": lambda: named.repair("x", run_dir=bad),
+            "pids": lambda: named.pids("x", run_dir=bad),
+            "status": lambda: named.run_dir_status(bad),
+        }
+        before = table()
+        wrong = []
+        for what, call in calls.items():
+            try:
+                call()
+                wrong.append(what + ": no error")
+            except nslib.InvalidReference:
+                pass
+            except Exception as e:
+                wrong.append(f"{what}: {type(e).__name__}")
+        print(json.dumps({"wrong": wrong, "same": table() == before}))
+        """
+    )
+    out = in_private_mount_ns(script, bad)
+    assert out["wrong"] == []
+    assert out["same"]
 
 
 def test_delete_refuses_another_kind_of_namespace(run_dir: str) -> None:
