@@ -9,6 +9,9 @@ r"""The ``nslib`` command: network namespaces from a shell.
     nslib identify [PID] [--json]                 ip netns identify
     nslib pids NAME [--json]                      ip netns pids (every thread)
     nslib exec [--no-etc] REF -- CMD...           ip netns exec, for any reference
+    nslib exec --all [--no-etc] -- CMD...         ip -all netns exec
+    nslib monitor [--json] [--initial]            ip netns monitor, plus nsids
+    nslib netns set NAME NSID | list-id           ip netns set / list-id
     nslib ms ls [--json]                          the microservice map
     nslib ms watch [--json]                       stream tracker events until Ctrl-C
     nslib bench [ARGS...]                         the benchmark report
@@ -308,6 +311,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    if args.all:  # there is no REF: what argparse took for one is the command
+        from ._cli_monitor import cmd_exec_all
+
+        return cmd_exec_all(args, ([args.ref] if args.ref is not None else []) + cmd)
+    if args.ref is None:
+        raise CliError("exec: no REF given (nslib exec REF -- CMD...)", EXIT_USAGE)
     if not cmd:
         raise CliError("exec: no command given (nslib exec REF -- CMD...)", EXIT_USAGE)
     ref = _reference(args.ref)
@@ -669,9 +678,14 @@ def build_parser() -> argparse.ArgumentParser:
         "125 nslib failed before running CMD, 2 usage error or malformed REF.",
     )
     ex.add_argument("--no-etc", action="store_true", help="only join the network namespace")
-    ex.add_argument("ref", metavar="REF")
+    ex.add_argument("--all", action="store_true", help="in every named namespace (ip -all)")
+    ex.add_argument("ref", metavar="REF", nargs="?")
     ex.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER)
     ex.set_defaults(handler=cmd_exec)
+
+    from ._cli_monitor import register
+
+    register(sub)  # monitor, netns set / list-id
 
     ms = sub.add_parser("ms", help="microservices (docker containers with MICROSERVICE_LABEL)")
     ms_sub = ms.add_subparsers(dest="ms_command", metavar="COMMAND", parser_class=_Parser)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -328,35 +331,62 @@ def test_nsid_events_name_the_namespace(mon_dir: str, unique: str) -> None:
 # -- side by side with `ip netns monitor` -------------------------------------
 
 
-def _ip_monitor() -> subprocess.Popen[bytes]:
-    # Line-buffered: ip writes with printf and would lose its buffer on SIGTERM.
-    p = subprocess.Popen(["stdbuf", "-oL", "ip", "netns", "monitor"], stdout=subprocess.PIPE)
-    time.sleep(0.2)  # its inotify watch is armed right after start-up
-    return p
+class _Lines:
+    """A process's stdout lines, read on a thread; wait for one by predicate."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._read)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self.cond:
+                self.lines.append(raw.decode("utf-8", "surrogateescape").rstrip("\n"))
+                self.cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(text in line for line in self.lines), timeout)
+        assert ok, f"{self.proc.args}: no line with {text!r}; got {self.lines[-5:]}"
+
+    def stop(self) -> list[str]:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.thread.join(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return self.lines
 
 
 @pytest.mark.slow
 def test_side_by_side_with_ip_netns_monitor() -> None:
     """200 random adds and deletes in the host's /run/netns, from 4 nslib threads and 2 `ip` loops.
 
-    Each actor owns its names, and never touches the name it touched last,
-    so a name stays mounted at least as long as one other operation takes:
-    the monitor reports mounts it sees, and a mount made and removed
-    between two of its looks is not seen by any inotify/mountinfo watcher.
+    `nslib monitor --json` and `ip netns monitor` run as two processes, side
+    by side.  Each actor owns its names and never touches one of the two
+    names it touched last, so a name stays mounted for at least two other
+    operations: the monitor reports the mounts it sees, and a mount made
+    and removed between two of its looks is not seen by any watcher.
+    A sentinel name, seen by both monitors, marks the start and the end.
     """
-    rnd = random.Random(os.getpid())
-    prefix = f"{PREFIX}m"
+    rnd = random.Random()
+    prefix = f"{PREFIX}m{uuid.uuid4().hex[:3]}"
     actors = 6
     names = [[f"{prefix}{a}x{i}" for i in range(5)] for a in range(actors)]
     plans = []
     for a in range(actors):
         state = dict.fromkeys(names[a], False)
-        plan, last = [], None
+        plan: list[tuple[str, bool]] = []
+        recent: list[str] = []
         for _ in range(200 // actors + 1):
-            name = rnd.choice([n for n in names[a] if n != last])
+            name = rnd.choice([n for n in names[a] if n not in recent[-2:]])
             plan.append((name, not state[name]))
             state[name] = not state[name]
-            last = name
+            recent.append(name)
         plan += [(n, False) for n, up in state.items() if up]  # leave nothing behind
         plans.append(plan)
 
@@ -370,49 +400,57 @@ def test_side_by_side_with_ip_netns_monitor() -> None:
     def ip_script(plan: list[tuple[str, bool]]) -> str:
         return "\n".join(f"netns {'add' if add else 'del'} {name}" for name, add in plan) + "\n"
 
-    ip_mon = _ip_monitor()
-    mon = NamespaceMonitor(["/run/netns"], nsids=False)
-    ours: dict[str, list[str]] = defaultdict(list)
-
-    def collect() -> None:
-        for ev in mon:
-            if ev.name and ev.name.startswith(prefix):
-                ours[ev.name].append(ev.kind.value)
-
-    reader = threading.Thread(target=collect)
-    reader.start()
+    sentinel = f"{prefix}s"
+    # Line-buffered: ip writes with printf and would lose its buffer on SIGTERM.
+    ip_mon = _Lines(["stdbuf", "-oL", "ip", "netns", "monitor"])
+    ns_mon = _Lines(
+        [sys.executable, "-m", "nslib.cli", "--run-dir", "/run/netns", "monitor", "--json"]
+    )
     try:
+        # Both watching: a name both have reported.
+        named.create(sentinel).close()
+        ip_mon.wait_for(f"add {sentinel}")
+        ns_mon.wait_for(f'"name": "{sentinel}"')
         threads = [threading.Thread(target=nslib_actor, args=(plans[a],)) for a in range(4)]
-        procs = []
         for t in threads:
             t.start()
+        procs = []
         for a in (4, 5):
-            procs.append(subprocess.Popen(["ip", "-batch", "-"], stdin=subprocess.PIPE, text=True))
-            assert procs[-1].stdin is not None
-            procs[-1].stdin.write(ip_script(plans[a]))
-            procs[-1].stdin.close()
+            p = subprocess.Popen(["ip", "-batch", "-"], stdin=subprocess.PIPE, text=True)
+            assert p.stdin is not None
+            p.stdin.write(ip_script(plans[a]))
+            p.stdin.close()
+            procs.append(p)
         for t in threads:
             t.join()
         for p in procs:
             assert p.wait(60) == 0
-        time.sleep(0.5)
+        named.delete(sentinel)  # after everything: when both saw it, they saw the rest
+        ip_mon.wait_for(f"delete {sentinel}")
+        ns_mon.wait_for(f'"event": "delete", "name": "{sentinel}"')
     finally:
-        mon.close()
-        reader.join(5)
-        ip_mon.terminate()
-        out, _ = ip_mon.communicate(timeout=5)
-        for n in {n for ns in names for n in ns}:
+        ip_lines = ip_mon.stop()
+        ns_lines = ns_mon.stop()
+        for n in [sentinel, *(n for ns in names for n in ns)]:
             with contextlib.suppress(OSError):
                 named.delete(n)
     theirs: dict[str, list[str]] = defaultdict(list)
-    for line in out.decode("utf-8", "surrogateescape").splitlines():
+    for line in ip_lines:
         kind, _, name = line.partition(" ")
-        if name.startswith(prefix):
+        if name.startswith(prefix) and name != sentinel:
             theirs[name].append(kind)
+    ours: dict[str, list[str]] = defaultdict(list)
+    for line in ns_lines:
+        ev = json.loads(line)
+        name = ev["name"]
+        if ev["event"] in ("add", "delete") and name.startswith(prefix) and name != sentinel:
+            ours[name].append(ev["event"])
+            assert ev["run_dir"] == "/run/netns" and (ev["event"] == "delete" or ev["ns_id"])
     expected = {
         n: ["add" if add else "delete" for m, add in plan if m == n]
         for plan in plans
         for n in {m for m, _ in plan}
     }
     assert dict(theirs) == expected  # ip netns monitor itself saw every operation
-    assert dict(ours) == expected
+    wrong = {n: (ours.get(n), e) for n, e in expected.items() if ours.get(n) != e}
+    assert not wrong, f"monitor events differ (got, expected): {wrong}"
