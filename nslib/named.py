@@ -38,12 +38,16 @@ import stat
 from dataclasses import dataclass
 
 from . import _syscalls as sys_
+
+# nsids (ip netns set / list-id): each call says which namespace's table it means.
+from ._nsid import NsidTaken, list_ids, nsid, set_nsid
 from ._procfs import MountInfo, nsfs_dev, read_mountinfo
 from .errors import InvalidReference, NamespaceExists, NamespaceNotFound, NotANamespace, oserror
 from .handle import NsHandle
 from .names import validate_name, validate_run_dir
 
 __all__ = [
+    "NsidTaken",
     "RunDirStatus",
     "attach",
     "create",
@@ -51,9 +55,12 @@ __all__ = [
     "exists",
     "identify",
     "list",
+    "list_ids",
+    "nsid",
     "pids",
     "repair",
     "run_dir_status",
+    "set_nsid",
     "stale",
 ]
 
