@@ -68,7 +68,11 @@ def _ping(ref: NetNamespace, address: str) -> str:
 
     busybox = shutil.which("busybox") or "/bin/busybox"
     proc = run(
-        ref, [busybox, "ping", "-c", "1", "-W", "2", address], capture_output=True, text=True
+        ref,
+        [busybox, "ping", "-c", "1", "-W", "2", address],
+        capture_output=True,
+        text=True,
+        errors="backslashreplace",
     )
     lines = [line for line in proc.stdout.splitlines() if "packets" in line or "round-trip" in line]
     if proc.returncode != 0:
@@ -243,7 +247,11 @@ def _microservice(
         took = (time.perf_counter() - t0) * 1e3
     steps.detail(f"configured {took:.0f} ms after `docker run` returned; inside the container:")
     rc, out = container.exec_run(["ip", "-4", "addr", "show", "dev", "eth1"])
-    inet = [line.strip() for line in out.decode().splitlines() if "inet " in line]
+    inet = [
+        line.strip()
+        for line in out.decode(errors="backslashreplace").splitlines()
+        if "inet " in line
+    ]
     steps.detail("eth1: " + ("; ".join(inet) or f"no IPv4 address (ip exited {rc})"))
 
     with steps.step(f"ping the container ({NET}.2.2) from {left}"):

@@ -49,7 +49,12 @@ def test_demo_runs_end_to_end_and_leaves_nothing() -> None:
     _system_docker()
     assert NSLIB.exists(), f"console script missing: {NSLIB}"
     proc = subprocess.run(
-        [str(NSLIB), "demo"], capture_output=True, text=True, timeout=300, check=False
+        [str(NSLIB), "demo"],
+        capture_output=True,
+        text=True,
+        errors="backslashreplace",
+        timeout=300,
+        check=False,
     )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
@@ -74,7 +79,13 @@ def test_demo_runs_end_to_end_and_leaves_nothing() -> None:
 def test_demo_without_docker_still_builds_the_namespace_part() -> None:
     env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock")
     proc = subprocess.run(
-        [str(NSLIB), "demo"], capture_output=True, text=True, timeout=120, env=env, check=False
+        [str(NSLIB), "demo"],
+        capture_output=True,
+        text=True,
+        errors="backslashreplace",
+        timeout=120,
+        env=env,
+        check=False,
     )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
@@ -87,7 +98,12 @@ def test_demo_without_docker_still_builds_the_namespace_part() -> None:
 def test_demo_interrupted_tears_down() -> None:
     env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [str(NSLIB), "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        [str(NSLIB), "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="backslashreplace",
+        env=env,
     )
     assert proc.stdout is not None
     seen = []
