@@ -21,7 +21,7 @@ import pytest
 from helpers import PREFIX
 
 from nslib import NetNamespace
-from nslib import _nsid as nsids
+from nslib import named as nsids
 from nslib.errors import InvalidReference, NamespaceNotFound, NslibError
 
 pytestmark = pytest.mark.root
