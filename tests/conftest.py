@@ -34,6 +34,7 @@ from helpers import (
     thread_ns,
     unmount_tree,
 )
+from hostile import hostile_host_state
 from hypothesis import HealthCheck, settings
 
 import nslib
@@ -166,6 +167,20 @@ def _host_untouched() -> Iterator[None]:
     for name in ours:  # clean up, then complain
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
     assert not ours, f"the suite left named namespaces behind: {sorted(ours)}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _hostile_host() -> Iterator[None]:
+    """The whole run meets a non-UTF-8, escape-laden mount and namespace name.
+
+    Other software leaves such state on real hosts; every reader of
+    mountinfo and every table must cope with it (see ``tests/hostile.py``).
+    """
+    if os.geteuid() != 0:  # cannot mount; the root tests fail or skip anyway
+        yield
+        return
+    with hostile_host_state():
+        yield
 
 
 @pytest.fixture(autouse=True)
