@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_microservice import (
+from mshelpers import (
     Tracked,
     project,
     run,
