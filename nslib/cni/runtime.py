@@ -19,10 +19,9 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import NamespaceNotFound, NotANamespace, UnavailableMicroserviceError
-from ..handle import NsHandle
 from ..names import DEFAULT_RUN_DIR
 from ..reference import NetNamespace, NsLike, ReferenceType
 from .config import NAME_RE, NetworkConfigList, PluginConfig, version_tuple
@@ -147,10 +146,14 @@ class _Call:
     ns_ident: tuple[int, int] | None = None
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class _Target:
     """A resolved namespace held open for one call."""
 
-    def __init__(self, fd: int, own: NsHandle | None, recorded: str) -> None:
+    def __init__(self, fd: int, own: _Closable | None, recorded: str) -> None:
         self.fd = fd
         self.own = own
         self.recorded = recorded
@@ -519,22 +522,23 @@ class Runtime:
         return time.monotonic() + (self.timeout if timeout is None else timeout)
 
     def _resolve(self, ns: NsLike) -> _Target:
-        # One resolver for all of nslib; the process module's also starts a
-        # short-lived tracker for ms: when none is given.
-        from ..process import _resolve
+        # The one resolver of nslib; what it opens, _Target closes.
+        from .._resolve import resolve
 
         recorded = ""
-        if isinstance(ns, str) and not isinstance(ns, NetNamespace):
-            from ..process import parse_reference
-
-            ns = parse_reference(ns)
+        if isinstance(ns, str):
+            ns = NetNamespace.path(ns) if ns.startswith("/") else NetNamespace.parse(ns)
         if isinstance(ns, NetNamespace):
             if ns.type == ReferenceType.NSID:
                 recorded = os.path.join(self.run_dir, ns.reference)
             elif ns.type == ReferenceType.FD:
                 recorded = ns.reference
-        t = _resolve(ns, self.tracker, self.run_dir)
-        return _Target(t.fd, t.own, recorded)
+        r = resolve(ns, tracker=self.tracker, run_dir=self.run_dir)
+        try:
+            return _Target(r.fd, r, recorded)
+        except BaseException:
+            r.close()
+            raise
 
     def _plugin_conf(
         self, netlist: NetworkConfigList, pl: PluginConfig, call: _Call, prev: Result | None
