@@ -133,7 +133,9 @@ class Pidfd:
         except ProcessLookupError:
             raise NamespaceNotFound(errno.ESRCH, f"no process {pid}", f"/proc/{pid}") from None
         except OSError as e:
-            if e.errno == errno.EINVAL:  # a thread id, or a task being torn down
+            # A thread that is not a process's main thread (EINVAL; ENOENT
+            # from 6.9), or a process being torn down.
+            if e.errno in (errno.EINVAL, errno.ENOENT):
                 raise NamespaceNotFound(
                     errno.ESRCH, f"no process {pid} (not a live thread-group leader)"
                 ) from None
