@@ -18,6 +18,7 @@ from .tracker import (
 __all__ = [
     "DEFAULT_LABEL_ENV",
     "ContainerState",
+    "ContainerdSource",
     "DockerSource",
     "EventKind",
     "Microservice",
@@ -31,7 +32,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    if name == "PodmanSource":
+    if name in ("PodmanSource", "ContainerdSource"):
         from . import sources
 
         return getattr(sources, name)

@@ -2,6 +2,8 @@
 
 * :class:`DockerSource`: a docker daemon (Docker SDK for Python).
 * :class:`PodmanSource`: rootful podman through its API socket (libpod events).
+* :class:`ContainerdSource`: containerd over gRPC, any namespace, including
+  Kubernetes' ``k8s.io`` (needs ``pip install 'nslib[containerd]'``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from .docker import DockerSource
 
 __all__ = [
     "ContainerState",
+    "ContainerdSource",
     "DockerSource",
     "EventStream",
     "PodmanSource",
@@ -26,4 +29,8 @@ def __getattr__(name: str) -> object:
         from .podman import PodmanSource
 
         return PodmanSource
+    if name == "ContainerdSource":
+        from .containerd import ContainerdSource
+
+        return ContainerdSource
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,330 @@
+"""containerd as a microservice source (gRPC), including Kubernetes pods (CRI, ``k8s.io``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+from ...errors import DockerUnavailableError
+from ._containerd_api import (
+    CONTAINERS_GET,
+    CONTAINERS_LIST,
+    EVENTS_SUBSCRIBE,
+    TASKS_GET,
+    TASKS_LIST,
+    M,
+)
+from .base import CONTAINERD_ID, ContainerState, EventStream, Source, SourceEvent, SourceNotFound
+
+__all__ = ["DEFAULT_CONTAINERD_ADDRESS", "KIND_LABEL", "POD_LABELS", "ContainerdSource"]
+
+_log = logging.getLogger("nslib.microservice")
+
+DEFAULT_CONTAINERD_ADDRESS: Final = "/run/containerd/containerd.sock"
+"""containerd's default gRPC socket."""
+
+KIND_LABEL: Final = "io.cri-containerd.kind"
+"""Label the CRI plugin sets: ``sandbox`` (a pod) or ``container``."""
+
+POD_LABELS: Final = (
+    "io.kubernetes.pod.namespace",
+    "io.kubernetes.pod.name",
+    "io.kubernetes.pod.uid",
+)
+"""Labels the CRI plugin sets on a pod's sandbox and containers."""
+
+_TOPICS: Final = ("/tasks/start", "/tasks/exit", "/tasks/delete", "/containers/delete")
+_RUNNING: Final = (2, 4)  # task Status RUNNING, PAUSED: a process with a PID
+_NS_KEY: Final = "containerd-namespace"
+_INSTALL_HINT: Final = "ContainerdSource needs grpcio and protobuf: pip install 'nslib[containerd]'"
+
+
+def _grpc() -> Any:
+    try:
+        import google.protobuf  # noqa: F401
+        import grpc
+    except ImportError as e:
+        raise ImportError(_INSTALL_HINT) from e
+    return grpc
+
+
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+_btime_ns: int | None = None
+
+
+def _boot_time_ns() -> int:
+    global _btime_ns
+    if _btime_ns is None:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    _btime_ns = int(line.split()[1]) * 1_000_000_000
+                    break
+            else:
+                _btime_ns = 0
+    return _btime_ns
+
+
+def process_start_ns(pid: int) -> int:
+    """When process *pid* started (ns since the epoch, to the clock tick), or 0 if gone.
+
+    containerd keeps no start time for a task; the process's own is stable
+    for its whole life, which is all the tracker's identity of a run needs.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    fields = stat.rpartition(b")")[2].split()
+    try:
+        ticks = int(fields[19])  # field 22 of proc(5), counted after "(comm)"
+    except (IndexError, ValueError):
+        return 0
+    return _boot_time_ns() + ticks * 1_000_000_000 // _CLK_TCK
+
+
+def _ts_ns(ts: Any) -> int:
+    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
+
+
+class _ContainerdEvents(EventStream):
+    def __init__(self, call: Any, grpc: Any) -> None:
+        self._call = call
+        self._grpc = grpc
+
+    def __iter__(self) -> Iterator[SourceEvent]:
+        try:
+            for env in self._call:
+                try:
+                    cid = M.ContainerRef.FromString(env.event.value).id
+                except Exception:  # not the payload we know: nothing to follow
+                    continue
+                if cid:
+                    t = _ts_ns(env.timestamp) if env.HasField("timestamp") else None
+                    yield SourceEvent(t, cid, env.topic)
+        except self._grpc.RpcError as e:
+            if e.code() != self._grpc.StatusCode.CANCELLED:
+                raise
+
+    def close(self) -> None:
+        self._call.cancel()
+
+
+class ContainerdSource(Source):
+    """Follows one containerd namespace over containerd's gRPC API.
+
+    Follows the event topics ``/tasks/start``, ``/tasks/exit``,
+    ``/tasks/delete`` and ``/containers/delete`` of *namespace*; containerd
+    keeps no event history, so every reconnection resyncs (one task list and
+    one container list).  The environment comes from the container's OCI
+    spec, labels from its containerd labels.
+
+    Kubernetes (the CRI plugin, namespace ``k8s.io``): a pod is a *sandbox*
+    container (label ``io.cri-containerd.kind=sandbox``) whose process holds
+    the pod's network namespace, shared by the pod's containers.  A sandbox's
+    labels are the pod's labels plus, where no label has the same key, the
+    pod's annotations (from the sandbox's OCI spec), so the tracker's
+    ``label_key`` may name either; with *pod_names* a sandbox also gets the
+    label ``<namespace>/<pod>`` when nothing else names it.  Every container
+    of a pod reports the pod as ``<namespace>/<pod>`` in
+    :attr:`~nslib.microservice.Microservice.pod`.
+
+    :param address: Path (or ``unix://`` URL) of containerd's socket.
+    :param namespace: The containerd namespace (``default``, ``moby`` for
+        docker's, ``k8s.io`` for Kubernetes').
+    :param pod_names: Label each Kubernetes sandbox ``<namespace>/<pod>``.
+    :param timeout: Seconds per list or get request.
+    :raises ImportError: grpcio or protobuf is missing (the message names
+        ``pip install 'nslib[containerd]'``).
+    :raises ValueError: an empty namespace.
+    """
+
+    kind = "containerd"
+    replays = False
+    id_pattern = CONTAINERD_ID
+
+    def __init__(
+        self,
+        address: str = DEFAULT_CONTAINERD_ADDRESS,
+        namespace: str = "default",
+        *,
+        pod_names: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        if not namespace:
+            raise ValueError("namespace must not be empty")
+        self._grpc = _grpc()
+        path = address[len("unix://") :] if address.startswith("unix://") else address
+        self.address = path
+        self.namespace = namespace
+        self.pod_names = pod_names
+        self.timeout = timeout
+        self._md = ((_NS_KEY, namespace),)
+        self._lock = threading.Lock()
+        self._channel: Any = None
+
+    @property
+    def name(self) -> str:
+        """``containerd:<namespace>``."""
+        return f"containerd:{self.namespace}"
+
+    def _chan(self) -> Any:
+        with self._lock:
+            if self.closed:
+                raise DockerUnavailableError("the microservice tracker is stopping")
+            if self._channel is None:
+                self._channel = self._grpc.insecure_channel(f"unix://{self.address}")
+            return self._channel
+
+    def _unary(self, method: str, request: Any, response: Any) -> Any:
+        call = self._chan().unary_unary(
+            method,
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response.FromString,
+        )
+        return call(request, metadata=self._md, timeout=self.timeout)
+
+    def _not_found(self, e: BaseException) -> bool:
+        grpc = self._grpc
+        return isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.NOT_FOUND
+
+    def subscribe(self, since_ns: int | None, label_key: str | None) -> EventStream:
+        """Subscribe to the task and container-delete topics of the namespace."""
+        ns = json.dumps(self.namespace)
+        filters = [f"namespace=={ns},topic=={json.dumps(t)}" for t in _TOPICS]
+        call = self._chan().unary_stream(
+            EVENTS_SUBSCRIBE,
+            request_serializer=M.SubscribeRequest.SerializeToString,
+            response_deserializer=M.Envelope.FromString,
+        )(M.SubscribeRequest(filters=filters), metadata=self._md)
+        # The call is lazy: wait until the connection is up, so that a missing
+        # daemon is an error here.  (containerd sends the stream's headers only
+        # with its first event, so there is nothing more to wait for.)
+        try:
+            self._wait_ready()
+        except BaseException:
+            call.cancel()
+            raise
+        return _ContainerdEvents(call, self._grpc)
+
+    def _wait_ready(self) -> None:
+        grpc = self._grpc
+        try:
+            grpc.channel_ready_future(self._chan()).result(timeout=self.timeout)
+        except grpc.FutureTimeoutError:
+            raise DockerUnavailableError(
+                f"containerd at {self.address} does not answer (is it running?)"
+            ) from None
+
+    def inspect(self, container_id: str) -> ContainerState:
+        """Containers.Get plus Tasks.Get of the container."""
+        try:
+            c = self._unary(
+                CONTAINERS_GET, M.GetContainerRequest(id=container_id), M.GetContainerResponse
+            ).container
+        except Exception as e:
+            if self._not_found(e):
+                raise SourceNotFound(container_id) from e
+            raise
+        try:
+            proc = self._unary(
+                TASKS_GET, M.GetTaskRequest(container_id=container_id), M.GetTaskResponse
+            ).process
+        except Exception as e:
+            if not self._not_found(e):
+                raise
+            proc = None
+        return self._state(c, proc)
+
+    def list_running(self, label_key: str | None) -> list[str]:
+        """The containers whose task runs (Tasks.List)."""
+        tasks = self._unary(TASKS_LIST, M.ListTasksRequest(), M.ListTasksResponse).tasks
+        return [_task_id(t) for t in tasks if t.status in _RUNNING and t.pid > 0]
+
+    def sync(self, label_key: str | None) -> dict[str, ContainerState]:
+        """One Tasks.List and one Containers.List, joined."""
+        tasks = self._unary(TASKS_LIST, M.ListTasksRequest(), M.ListTasksResponse).tasks
+        running = {_task_id(t): t for t in tasks if t.status in _RUNNING and t.pid > 0}
+        if not running:
+            return {}
+        containers = self._unary(
+            CONTAINERS_LIST, M.ListContainersRequest(), M.ListContainersResponse
+        ).containers
+        return {c.id: self._state(c, running[c.id]) for c in containers if c.id in running}
+
+    def close(self) -> None:
+        """Close the gRPC channel; later requests fail."""
+        super().close()
+        with self._lock:
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+
+    def describe_error(self, exc: BaseException) -> str:
+        """The gRPC status and details, with a hint when containerd is not there."""
+        grpc = self._grpc
+        if isinstance(exc, grpc.RpcError):
+            code = exc.code()
+            text = f"{code.name}: {exc.details()}"
+            if code == grpc.StatusCode.UNAVAILABLE:
+                text += f" (is containerd running at {self.address}?)"
+            return text
+        return super().describe_error(exc)
+
+    # -- reading containerd's answers -----------------------------------------
+
+    def _state(self, c: Any, proc: Any) -> ContainerState:
+        labels = dict(c.labels)
+        spec: Mapping[str, Any] = {}
+        if c.spec.value:
+            try:
+                loaded = json.loads(c.spec.value)
+                spec = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                _log.warning("container %r: OCI spec is not JSON", c.id[:64])
+        process = spec.get("process") or {}
+        env = tuple(str(e) for e in (process.get("env") or ()))
+        running = proc is not None and proc.status in _RUNNING and proc.pid > 0
+        pid = int(proc.pid) if running else 0
+        pod = None
+        default_label = None
+        if all(k in labels for k in POD_LABELS[:2]):
+            pod = f"{labels[POD_LABELS[0]]}/{labels[POD_LABELS[1]]}"
+            if labels.get(KIND_LABEL) == "sandbox":
+                for k, v in (spec.get("annotations") or {}).items():
+                    labels.setdefault(str(k), str(v))
+                if self.pod_names:
+                    default_label = pod
+        return ContainerState(
+            container_id=c.id,
+            name=labels.get("io.kubernetes.container.name") or c.id,
+            pid=pid,
+            running=running,
+            created_ns=_ts_ns(c.created_at),
+            started_at_ns=process_start_ns(pid) if running else 0,
+            env=env,
+            labels=labels,
+            network_mode=_network_mode(spec),
+            pod=pod,
+            default_label=default_label,
+        )
+
+
+def _task_id(t: Any) -> str:
+    # Tasks.List fills in the init process's `id` (the container's ID) and
+    # leaves `container_id` empty; be ready for either.
+    return str(t.container_id or t.id)
+
+
+def _network_mode(spec: Mapping[str, Any]) -> str:
+    """``host`` without a network namespace, ``default`` for a new one, else ``netns:<path>``."""
+    for ns in (spec.get("linux") or {}).get("namespaces") or ():
+        if isinstance(ns, dict) and ns.get("type") == "network":
+            path = ns.get("path")
+            return f"netns:{path}" if path else "default"
+    return "host" if spec else "default"
