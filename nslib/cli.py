@@ -687,6 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register(sub)  # monitor, netns set / list-id
 
+    from .cni.cli import register as register_cni
+
+    register_cni(sub)  # cni add|check|del|status|ls
+
     ms = sub.add_parser("ms", help="microservices (docker containers with MICROSERVICE_LABEL)")
     ms_sub = ms.add_subparsers(dest="ms_command", metavar="COMMAND", parser_class=_Parser)
     ms_sub.required = True

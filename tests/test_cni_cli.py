@@ -104,3 +104,34 @@ def test_cli_errors(setup: tuple[list[str], Path, str], run_dir: str) -> None:
     assert r.returncode == 1 and "--container-id" in r.stderr
     r = _cli(run_dir, "add", "nsltcli", *opts)
     assert r.returncode == 2
+
+
+@pytest.mark.root
+def test_installed_nslib_entry_point(setup: tuple[list[str], Path, str], run_dir: str) -> None:
+    # `nslib cni` is registered in nslib's own parser, not only `python -m nslib.cni.cli`.
+    opts, _base, unique = setup
+    exe = shutil.which("nslib", path=os.path.dirname(sys.executable))
+    if exe is None:
+        missing("needs the installed nslib entry point next to the test's Python")
+    assert exe is not None
+    name = f"{unique}e"
+    named.create(name, run_dir=run_dir).close()
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+
+    def nslib_cni(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [exe, "--run-dir", run_dir, "cni", *args, *opts]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+
+    try:
+        assert "ls" in nslib_cni("--help").stdout
+        r = nslib_cni("add", "nsltcli", name, "--ifname", "net7", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["ips"][0]["address"].startswith("10.233.7.")
+        [att] = json.loads(nslib_cni("ls", "--json").stdout)
+        # A bare NAME is a named namespace in --run-dir; the cache records its path.
+        assert (att["ifName"], att["netns"]) == ("net7", f"{run_dir}/{name}")
+        assert nslib_cni("check", "nsltcli", name, "--ifname", "net7").returncode == 0
+        assert nslib_cni("del", "nsltcli", name, "--ifname", "net7").returncode == 0
+        assert json.loads(nslib_cni("ls", "--json").stdout) == []
+    finally:
+        named.delete(name, run_dir=run_dir)
