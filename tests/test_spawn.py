@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -53,7 +54,10 @@ def unshared(*flags: str, setup: str = ":") -> Iterator[int]:
     ``unshare`` (``--kill-child``) and both are reaped.
     """
     need("unshare")
-    body = f"hostname {HOSTNAME} 2>/dev/null; {setup}; echo ok; exec >/dev/null; exec sleep 600"
+    # Only ever rename a UTS namespace of its own, never the host.
+    ours = os.readlink("/proc/thread-self/ns/uts")
+    rename = f'[ "$(readlink /proc/self/ns/uts)" != "{ours}" ] && hostname {HOSTNAME}'
+    body = f"{rename}; {setup}; echo ok; exec >/dev/null; exec sleep 600"
     proc = subprocess.Popen(
         ["unshare", *flags, "--kill-child", "sh", "-c", body], stdout=subprocess.PIPE
     )
@@ -66,6 +70,14 @@ def unshared(*flags: str, setup: str = ":") -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _host_name_untouched() -> Iterator[None]:
+    """Targets rename their own UTS namespace; the host's name must never change."""
+    before = socket.gethostname()
+    yield
+    assert socket.gethostname() == before, "a test renamed the host"
 
 
 @pytest.fixture

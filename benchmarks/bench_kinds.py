@@ -1,0 +1,141 @@
+"""Every kind of namespace: spawning into all of a process's, and listing them all.
+
+Two groups, implementations interleaved round by round (so drift on a
+shared machine hits them all alike):
+
+* ``spawn in all namespaces of a target``: ``nslib.spawn.run(Target(pid),
+  ["true"])`` against ``nsenter -a -t PID true`` and a plain
+  ``subprocess.run(["true"])`` with no namespace at all (the floor a
+  Python caller can reach).  The raw-C limit vforks, joins the six
+  namespaces from fds opened once, vforks again and execs, from a small C
+  process.  The target is ``unshare -fmuinpC --mount-proc sleep``.
+* ``list every namespace of every kind``: ``nslib.lsns.namespaces()``
+  (with bind mounts, fds, threads and nsids) against the ``lsns``
+  command, and the same scan without the extras (what ``lsns`` looks at).
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks._harness import Result, Target, main, run_c
+from nslib import lsns
+from nslib.kinds import Target as NsTarget
+from nslib.spawn import run as spawn_run
+
+TRUE = shutil.which("true") or "/bin/true"
+
+
+def interleaved(
+    impls: dict[str, Callable[[], object]], *, number: int, repeat: int
+) -> dict[str, float]:
+    """Median seconds per call of each impl; every round runs each impl *number* times."""
+    for fn in impls.values():  # warm-up
+        for _ in range(max(1, number // 10)):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in impls}
+    for _ in range(repeat):
+        for key, fn in impls.items():
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            samples[key].append((time.perf_counter() - t0) / number)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _target() -> tuple[subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen(
+        [
+            "unshare", "-fmuinpC", "--mount-proc", "--kill-child",
+            "sh", "-c", "echo ok; exec >/dev/null; exec sleep 3600",
+        ],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    with proc.stdout:
+        if proc.stdout.readline() != b"ok\n":
+            raise RuntimeError("the unshare target did not start")
+    (child,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    return proc, int(child)
+
+
+def run(quick: bool) -> tuple[list[Result], list[Target]]:
+    number, repeat = (5, 6) if quick else (10, 30)
+    results: list[Result] = []
+    targets: list[Target] = []
+    proc, pid = _target()
+    try:
+        target = NsTarget(pid)
+
+        def nslib_spawn() -> None:
+            spawn_run(target, [TRUE], check=True)
+
+        def nsenter() -> None:
+            subprocess.run(["nsenter", "-a", "-t", str(pid), TRUE], check=True)
+
+        def plain() -> None:
+            subprocess.run([TRUE], check=True)
+
+        t = interleaved(
+            {"nslib": nslib_spawn, "nsenter": nsenter, "plain": plain},
+            number=number,
+            repeat=repeat,
+        )
+        raw = run_c("raw_spawn_all", str(pid), TRUE, str(number * 10), str(max(5, repeat // 3)))
+        g = "spawn `true` in all namespaces of a target"
+        results += [
+            Result(g, "nslib.spawn.run(Target(pid), ['true'])", t["nslib"], "nslib"),
+            Result(g, "C: vfork + 6 setns + vfork + exec", raw["spawn"], "limit", "raw C"),
+            Result(g, "nsenter -a -t PID true", t["nsenter"]),
+            Result(g, "subprocess.run(['true']) (no namespace)", t["plain"], "info", "the floor"),
+        ]
+        ratio = t["nsenter"] / t["nslib"]
+        targets.append(
+            Target(
+                g,
+                "faster than `nsenter -a -t PID true`",
+                ratio > 1.0,
+                f"nsenter takes {ratio:.2f}x nslib's time",
+            )
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+
+    def nslib_all() -> None:
+        lsns.namespaces()
+
+    def nslib_bare() -> None:
+        lsns.namespaces(mounts=False, fds=False, nsid=False)
+
+    def lsns_cmd() -> None:
+        subprocess.run(["lsns"], check=True, stdout=subprocess.DEVNULL)
+
+    n2, r2 = (3, 5) if quick else (5, 20)
+    t = interleaved({"all": nslib_all, "bare": nslib_bare, "lsns": lsns_cmd}, number=n2, repeat=r2)
+    count = len(lsns.namespaces())
+    g = "list every namespace of every kind"
+    results += [
+        Result(g, f"nslib.lsns.namespaces() ({count} namespaces)", t["all"], "nslib"),
+        Result(g, "the same, without mounts/fds/nsids", t["bare"], "info", "lsns's work"),
+        Result(g, "lsns", t["lsns"]),
+    ]
+    ratio = t["lsns"] / t["all"]
+    targets.append(
+        Target(
+            g,
+            "no slower than `lsns`, while reporting more",
+            ratio >= 1.0,
+            f"lsns takes {ratio:.2f}x nslib's time",
+        )
+    )
+    return results, targets
+
+
+if __name__ == "__main__":
+    main(run)
