@@ -25,69 +25,124 @@
 #include <linux/magic.h>
 #include <linux/nsfs.h>
 
-#define NSLIB_ABI 6
+#define NSLIB_ABI 7
 
 #define NSLIB_ENOTNS -2		/* the file is not a namespace at all */
 #define NSLIB_EWRONGTYPE -3	/* a namespace, but not a network one */
 #define NSLIB_EPOISONED -4	/* a restore failed on this thread earlier */
 #define NSLIB_EORDER -5		/* leave() of a switch that is not innermost */
 #define NSLIB_ERESTORE -6	/* the restore failed: the thread is poisoned */
+#define NSLIB_EUNWOUND -7	/* a block ended past a switch made inside it */
+#define NSLIB_EHOME -8		/* the fd to return to was closed or replaced */
+
+#define NSLIB_SWITCH 0		/* kinds of enter: switch_to() */
+#define NSLIB_BLOCK 1		/* an entered() block */
 
 #define NSLIB_SELF "/proc/thread-self/ns/net"
 #define NSLIB_MAX_DEPTH 64
 
 /*
  * Per-thread switching state, kept in C so that a switch is one call and
- * nothing can leak between steps.
+ * nothing can leak between steps, and so that one Python object may be
+ * used by several threads at once: the state is the thread's, not the
+ * object's.
  *
- * `saved[i]` is where the thread was before the enter that took it to depth
- * i+1.  Opening /proc/thread-self/ns/net costs more than the two setns() of
- * a switch, so the thread's home (depth 0) is opened once per thread and
- * kept; a pthread key destructor closes it when the thread exits.  A nested
- * enter opens the current namespace afresh rather than trusting the outer
- * target's fd, which the caller may have closed (and the kernel reused).
+ * `e[i]` describes the enter that took the thread to depth i+1: `saved`
+ * is where the thread was before it.  Opening /proc/thread-self/ns/net
+ * costs more than the two setns() of a switch, so the thread's home (depth
+ * 0) is opened once per thread and kept; a pthread key destructor closes
+ * it when the thread exits.  A nested enter opens the current namespace
+ * afresh rather than trusting the outer target's fd, which the caller may
+ * have closed (and the kernel reused).
+ *
+ * Every fd kept here is trusted by identity, not by number: its (st_dev,
+ * st_ino) is recorded when it is opened and checked (one fstat, ~0.1 us)
+ * before the thread is moved back through it.  Something else in the
+ * process may close the number (a closerange after fork, a double close)
+ * and the kernel may hand it to another namespace; setns() would then
+ * silently "return" the thread there.
  */
+struct nslib_entry {
+	int saved;		/* fd to go back to (the home fd at index 0) */
+	int own;		/* fd + 1 this switch owns and closes, 0: none */
+	int block;		/* NSLIB_BLOCK or NSLIB_SWITCH */
+	dev_t dev, own_dev;
+	ino_t ino, own_ino;
+	long long serial;
+};
+
 struct nslib_thread {
 	int home;		/* fd + 1, so that zeroed TLS means "not open" */
 	int depth;
 	int poisoned;
-	int last;		/* what the latest nslib_enter() returned */
+	int last;		/* the depth the latest enter reached, 0: failed */
+	dev_t home_dev;
+	ino_t home_ino;
+	long long last_serial;
 	long long next;		/* serial numbers, so a stale revert is known */
-	int saved[NSLIB_MAX_DEPTH];
-	long long serial[NSLIB_MAX_DEPTH];
+	struct nslib_entry e[NSLIB_MAX_DEPTH];
 };
 
 static __thread struct nslib_thread nslib_t;
 static pthread_key_t nslib_key;
 static pthread_once_t nslib_key_once = PTHREAD_ONCE_INIT;
 
+/* Whether fd still is the file whose identity was recorded. */
+static int nslib_same(int fd, dev_t dev, ino_t ino)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+/* Close fd only if it still is ours: never close someone else's number. */
+static void nslib_close_if(int fd, dev_t dev, ino_t ino)
+{
+	if (nslib_same(fd, dev, ino))
+		close(fd);
+}
+
+/* Drop entry i's fds (not its saved fd at index 0: that is the home). */
+static void nslib_drop(struct nslib_thread *t, int i)
+{
+	struct nslib_entry *e = &t->e[i];
+
+	if (i > 0)
+		nslib_close_if(e->saved, e->dev, e->ino);
+	if (e->own > 0)
+		nslib_close_if(e->own - 1, e->own_dev, e->own_ino);
+	e->own = 0;
+	e->serial = 0;
+}
+
+static void nslib_forget_home(struct nslib_thread *t)
+{
+	if (t->home > 0)
+		nslib_close_if(t->home - 1, t->home_dev, t->home_ino);
+	t->home = 0;
+}
+
 static void nslib_thread_exit(void *arg)
 {
 	struct nslib_thread *t = arg;
 
-	while (t->depth > 1)
-		close(t->saved[--t->depth]);
-	t->depth = 0;
-	if (t->home > 0)
-		close(t->home - 1);
-	t->home = 0;
+	while (t->depth > 0)
+		nslib_drop(t, --t->depth);
+	nslib_forget_home(t);
 }
 
 /*
  * In a forked child the home fd is a number inherited from the parent, and
- * children routinely close every fd they did not open (daemons do); a later
- * leave would then setns() into whatever reuses the number.  The forking
- * thread is the child's only thread: at depth 0 it forgets its home and
- * reopens it on the next switch.
+ * children routinely close every fd they did not open (daemons do).  The
+ * forking thread is the child's only thread: at depth 0 it forgets its home
+ * and reopens it on the next switch.
  */
 static void nslib_atfork_child(void)
 {
 	struct nslib_thread *t = &nslib_t;
 
-	if (t->depth == 0 && t->home > 0) {
-		close(t->home - 1);
-		t->home = 0;
-	}
+	if (t->depth == 0)
+		nslib_forget_home(t);
 }
 
 static int nslib_key_err;
@@ -109,10 +164,8 @@ static void nslib_moved(void)
 {
 	struct nslib_thread *t = &nslib_t;
 
-	if (t->depth == 0 && t->home > 0) {
-		close(t->home - 1);
-		t->home = 0;
-	}
+	if (t->depth == 0)
+		nslib_forget_home(t);
 }
 
 static int nslib_setns(int fd, int nstype)
@@ -166,10 +219,40 @@ static int nslib_pidfd_getfd(int pidfd, int targetfd)
 	return (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, 0);
 }
 
-/* The calling thread's namespace; /proc/self would be the main thread's. */
-static int nslib_open_current(void)
+/*
+ * Fd boxes.  Every function that makes an fd for Python writes it into an
+ * `int *out` that Python allocated *before* the call, with this function as
+ * its cffi destructor.  A KeyboardInterrupt raised as the call returns (the
+ * interpreter checks for signals right after a C call) then loses nothing:
+ * the box still owns the fd and closes it when it is collected.
+ */
+static void nslib_fdbox_close(int *box)
 {
-	return open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
+	int fd = *box;
+
+	*box = -1;
+	if (fd >= 0)
+		close(fd);
+}
+
+/* A close-on-exec duplicate, numbered 3 or above (never a standard stream). */
+static int nslib_dup(int fd, int *out)
+{
+	int dup = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+
+	if (dup >= 0)
+		*out = dup;
+	return dup;
+}
+
+/* The calling thread's namespace; /proc/self would be the main thread's. */
+static int nslib_open_current(int *out)
+{
+	int fd = open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
+
+	if (fd >= 0)
+		*out = fd;
+	return fd;
 }
 
 /*
@@ -199,7 +282,7 @@ static int nslib_check_netns(int fd, int *nstype)
  * O_NONBLOCK and O_NOCTTY: a wrong path naming a FIFO or a terminal must
  * fail the check, not hang or acquire a controlling terminal.
  */
-static int nslib_open_netns(int dirfd, const char *path, int *nstype)
+static int nslib_open_netns(int dirfd, const char *path, int *nstype, int *out)
 {
 	int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	int rc, err;
@@ -214,125 +297,215 @@ static int nslib_open_netns(int dirfd, const char *path, int *nstype)
 		errno = err;
 		return rc;
 	}
+	*out = fd;
 	return fd;
 }
 
-/* The thread's home fd, opened on first use. */
+/*
+ * The thread's home fd, opened on first use and checked on every use.  At
+ * depth 0 the thread is at home, so a cached fd that is no longer the home
+ * (closed and its number reused) is forgotten (not closed: the number is no
+ * longer ours) and home reopened, provided the thread still is where the
+ * cached home was.  If it is not, something moved the thread for good
+ * behind nslib's back as well: nothing says where home is, so poison.
+ */
 static int nslib_home(struct nslib_thread *t)
 {
-	int fd;
+	struct stat st;
+	int fd, had = 0;
 
-	if (t->home > 0)
-		return t->home - 1;
+	if (t->home > 0) {
+		if (nslib_same(t->home - 1, t->home_dev, t->home_ino))
+			return t->home - 1;
+		t->home = 0;
+		had = 1;
+	}
 	fd = open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
+	if (fstat(fd, &st) < 0)
+		goto fail;
+	if (had && (st.st_dev != t->home_dev || st.st_ino != t->home_ino)) {
+		close(fd);
+		t->poisoned = 1;
+		return NSLIB_EHOME;
+	}
 	pthread_once(&nslib_key_once, nslib_make_key);
 	if (nslib_key_err != 0 || pthread_setspecific(nslib_key, t) != 0) {
-		close(fd);
 		errno = nslib_key_err ? nslib_key_err : ENOMEM;
-		return -1;
+		goto fail;
 	}
 	t->home = fd + 1;
+	t->home_dev = st.st_dev;
+	t->home_ino = st.st_ino;
 	return fd;
+fail:
+	close(fd);
+	return -1;
 }
 
 /*
  * Join `target`, remembering where the thread was.  Returns the new depth.
  * On any failure nothing is pushed, nothing leaks and the thread has not
- * moved.
+ * moved.  On success the switch takes the fd in *own (if own is not NULL
+ * and *own >= 0) and closes it when the switch ends; *own becomes -1.
  */
-static int nslib_enter_(struct nslib_thread *t, int target)
+static int nslib_enter_(struct nslib_thread *t, int target, int kind, int *own)
 {
+	struct nslib_entry *e;
+	struct stat st;
 	int prev, err;
 
+	t->last = 0;
 	if (t->poisoned)
 		return NSLIB_EPOISONED;
 	if (t->depth >= NSLIB_MAX_DEPTH) {
 		errno = EOVERFLOW;
 		return -1;
 	}
-	prev = t->depth ? open(NSLIB_SELF, O_RDONLY | O_CLOEXEC) : nslib_home(t);
-	if (prev < 0)
-		return -1;
-	if (setns(target, CLONE_NEWNET) < 0) {
-		err = errno;
-		if (t->depth)
-			close(prev);
-		errno = err;
-		return -1;
+	e = &t->e[t->depth];
+	if (t->depth == 0) {
+		prev = nslib_home(t);
+		if (prev < 0)
+			return prev;
+		e->dev = t->home_dev;
+		e->ino = t->home_ino;
+	} else {
+		prev = open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
+		if (prev < 0)
+			return -1;
+		if (fstat(prev, &st) < 0)
+			goto fail;
+		e->dev = st.st_dev;
+		e->ino = st.st_ino;
 	}
-	t->serial[t->depth] = ++t->next;
-	t->saved[t->depth++] = prev;
+	if (own && *own >= 0 && fstat(*own, &st) < 0)
+		goto fail;
+	if (setns(target, CLONE_NEWNET) < 0)
+		goto fail;
+	e->saved = prev;
+	e->block = kind;
+	e->own = 0;
+	if (own && *own >= 0) {
+		e->own = *own + 1;
+		e->own_dev = st.st_dev;
+		e->own_ino = st.st_ino;
+		*own = -1;
+	}
+	e->serial = ++t->next;
+	t->last_serial = e->serial;
+	t->last = ++t->depth;
 	return t->depth;
-}
-
-static int nslib_enter(int target)
-{
-	struct nslib_thread *t = &nslib_t;
-
-	t->last = nslib_enter_(t, target);
-	return t->last;
-}
-
-/*
- * What the latest nslib_enter() on this thread returned.  Python can be
- * interrupted (KeyboardInterrupt) right after the C call returns and before
- * it stores the depth; this tells it whether there is a switch to undo.
- */
-static int nslib_last_enter(void) { return nslib_t.last; }
-
-/*
- * Undo the innermost nslib_enter(), which returned `depth`; a leave out of
- * order changes nothing and returns NSLIB_EORDER.  If the kernel refuses to
- * take the thread back, the thread is poisoned: every later enter fails with
- * NSLIB_EPOISONED rather than run code in the wrong namespace.
- */
-static int nslib_leave(int depth)
-{
-	struct nslib_thread *t = &nslib_t;
-	int prev, rc, err;
-
-	if (t->depth <= 0 || t->depth != depth)
-		return NSLIB_EORDER;
-	prev = t->saved[--t->depth];
-	rc = setns(prev, CLONE_NEWNET);
+fail:
 	err = errno;
-	if (t->depth > 0)
+	if (t->depth)
 		close(prev);
+	errno = err;
+	return -1;
+}
+
+/* Enter for switch_to() (kind NSLIB_SWITCH) or entered() (NSLIB_BLOCK). */
+static int nslib_enter(int target, int kind, int *own)
+{
+	return nslib_enter_(&nslib_t, target, kind, own);
+}
+
+/*
+ * Move the thread back to where it was before the enter that took it to
+ * depth i+1, ending that switch and every switch opened inside it.  The fd
+ * to go back through is checked first: if it is no longer what was saved,
+ * the thread stays where it is, poisoned, and NSLIB_EHOME says why.
+ */
+static int nslib_back_to(struct nslib_thread *t, int i)
+{
+	struct nslib_entry *e = &t->e[i];
+	int rc, err;
+
+	if (!nslib_same(e->saved, e->dev, e->ino)) {
+		if (i == 0)
+			t->home = 0;	/* not ours any more: never close it */
+		e->saved = -1;
+		rc = NSLIB_EHOME;
+		err = EBADF;
+	} else {
+		rc = setns(e->saved, CLONE_NEWNET);
+		err = errno;
+	}
+	while (t->depth > i)
+		nslib_drop(t, --t->depth);	/* a saved fd of -1 fails its check */
 	if (rc < 0) {
 		t->poisoned = 1;
 		errno = err;
-		return -1;
+		return rc;
 	}
 	return 0;
+}
+
+/*
+ * Undo the innermost enter, which returned `depth` and, when `serial` is
+ * not 0, had that serial number; a leave out of order changes nothing and
+ * returns NSLIB_EORDER.  If the kernel refuses to take the thread back, the
+ * thread is poisoned: every later enter fails with NSLIB_EPOISONED rather
+ * than run code in the wrong namespace.
+ */
+static int nslib_leave(int depth, long long serial)
+{
+	struct nslib_thread *t = &nslib_t;
+
+	if (t->depth <= 0 || t->depth != depth ||
+	    (serial && t->e[depth - 1].serial != serial))
+		return NSLIB_EORDER;
+	return nslib_back_to(t, depth - 1);
 }
 
 /*
  * Undo the switch that returned `depth` and every switch still open inside
- * it, in one setns(): for a `with` block that ends while an inner switch was
- * never reverted.  The thread ends where it was before that switch.
+ * it: the thread ends where it was before that switch.
  */
 static int nslib_unwind(int depth)
 {
 	struct nslib_thread *t = &nslib_t;
-	int rc, err;
 
 	if (depth <= 0 || depth > t->depth)
 		return NSLIB_EORDER;
-	rc = setns(t->saved[depth - 1], CLONE_NEWNET);
-	err = errno;
-	while (t->depth >= depth) {
-		t->depth--;
-		if (t->depth > 0)
-			close(t->saved[t->depth]);
-	}
-	if (rc < 0) {
-		t->poisoned = 1;
-		errno = err;
-		return -1;
-	}
-	return 0;
+	return nslib_back_to(t, depth - 1);
+}
+
+/*
+ * End the innermost entered() block: one call, no state from Python, so a
+ * block's exit cannot be split by an interrupt and works whatever object or
+ * thread it came from.  NSLIB_EUNWOUND: the thread is back, but a switch_to
+ * made inside the block was still open and is now abandoned.
+ */
+static int nslib_exit_block(void)
+{
+	struct nslib_thread *t = &nslib_t;
+	int i = t->depth - 1, inner, rc;
+
+	while (i >= 0 && t->e[i].block != NSLIB_BLOCK)
+		i--;
+	if (i < 0)
+		return NSLIB_EORDER;
+	inner = t->depth - 1 > i;
+	rc = nslib_back_to(t, i);
+	return rc == 0 && inner ? NSLIB_EUNWOUND : rc;
+}
+
+/*
+ * Undo the latest enter if it succeeded and is still the innermost switch:
+ * for an enter whose caller was interrupted (KeyboardInterrupt) as the C
+ * call returned, before it could record the switch.  Returns 1 if it undid
+ * one, 0 if there was nothing to undo, < 0 if moving back failed.
+ */
+static int nslib_undo_last(void)
+{
+	struct nslib_thread *t = &nslib_t;
+	int d = t->last;
+
+	t->last = 0;
+	if (d <= 0 || d != t->depth || t->e[d - 1].serial != t->last_serial)
+		return 0;
+	return nslib_back_to(t, d - 1) == 0 ? 1 : -1;
 }
 
 /* The serial number of the switch at `depth`, or 0 if there is none. */
@@ -342,11 +515,14 @@ static long long nslib_serial(int depth)
 
 	if (depth <= 0 || depth > t->depth)
 		return 0;
-	return t->serial[depth - 1];
+	return t->e[depth - 1].serial;
 }
 
 static int nslib_depth(void) { return nslib_t.depth; }
 static int nslib_poisoned(void) { return nslib_t.poisoned; }
+
+/* The cached home fd of the calling thread, -1 if none (for tests). */
+static int nslib_home_fd(void) { return nslib_t.home - 1; }
 
 /* Join for good (a pinned worker): no save, but honour the poison flag. */
 static int nslib_join(int target)
@@ -361,24 +537,29 @@ static int nslib_join(int target)
 
 /*
  * socket(2) inside `target`: join, create, restore.  No Python runs in
- * between, so no other code can observe the foreign namespace.
+ * between, so no other code can observe the foreign namespace.  The socket
+ * goes into *out (see nslib_fdbox_close).
  */
-static int nslib_socket_in(int target, int family, int type, int proto)
+static int nslib_socket_in(int target, int family, int type, int proto, int *out)
 {
+	struct nslib_thread *t = &nslib_t;
 	int sock, err;
-	int rc = nslib_enter_(&nslib_t, target);
+	int rc = nslib_enter_(t, target, NSLIB_SWITCH, NULL);
 
 	if (rc < 0)
 		return rc;
+	t->last = 0;	/* nothing for nslib_undo_last(): this call restores */
 	sock = socket(family, type | SOCK_CLOEXEC, proto);
 	err = errno;
-	if (nslib_leave(rc) < 0) {
+	if (nslib_back_to(t, rc - 1) < 0) {
 		err = errno;
 		if (sock >= 0)
 			close(sock);
 		errno = err;
 		return NSLIB_ERESTORE;	/* not a socket() error: say so */
 	}
+	if (sock >= 0)
+		*out = sock;
 	errno = err;
 	return sock;
 }
@@ -432,13 +613,14 @@ static int nslib_run_newns(struct nslib_newns *job)
 	return 0;
 }
 
-/* A new, anonymous network namespace; returns an fd that keeps it alive. */
-static int nslib_new_netns(void)
+/* A new, anonymous network namespace; its fd (into *out) keeps it alive. */
+static int nslib_new_netns(int *out)
 {
 	struct nslib_newns job = { .fd = -1 };
 
 	if (nslib_run_newns(&job) < 0)
 		return -1;
+	*out = job.fd;
 	return job.fd;
 }
 

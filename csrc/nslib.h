@@ -17,6 +17,10 @@
 #define NSLIB_EPOISONED ...
 #define NSLIB_EORDER ...
 #define NSLIB_ERESTORE ...
+#define NSLIB_EUNWOUND ...
+#define NSLIB_EHOME ...
+#define NSLIB_SWITCH ...
+#define NSLIB_BLOCK ...
 
 int nslib_setns(int fd, int nstype);
 int nslib_unshare(int flags);
@@ -27,22 +31,26 @@ int nslib_umount2(const char *target, int flags);
 int nslib_pidfd_open(int pid);
 int nslib_pidfd_getfd(int pidfd, int targetfd);
 
-int nslib_open_current(void);
-int nslib_open_netns(int dirfd, const char *path, int *nstype);
+void nslib_fdbox_close(int *box);
+int nslib_dup(int fd, int *out);
+int nslib_open_current(int *out);
+int nslib_open_netns(int dirfd, const char *path, int *nstype, int *out);
 int nslib_check_netns(int fd, int *nstype);
 
-int nslib_enter(int target);
-int nslib_leave(int depth);
+int nslib_enter(int target, int kind, int *own);
+int nslib_leave(int depth, long long serial);
 int nslib_unwind(int depth);
+int nslib_exit_block(void);
+int nslib_undo_last(void);
 long long nslib_serial(int depth);
 int nslib_depth(void);
-int nslib_last_enter(void);
 int nslib_poisoned(void);
+int nslib_home_fd(void);
 int nslib_join(int target);
 
-int nslib_socket_in(int target, int family, int type, int proto);
+int nslib_socket_in(int target, int family, int type, int proto, int *out);
 
-int nslib_new_netns(void);
+int nslib_new_netns(int *out);
 int nslib_mount_peers(const char *path, unsigned long long *peer,
 		      unsigned long long *parent_peer);
 int nslib_prepare_exec(int netfd);

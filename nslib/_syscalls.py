@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import _native
 from .errors import NamespaceRestoreError, NotANamespace, oserror
@@ -18,7 +18,7 @@ ffi = _native.ffi
 lib = _native.lib
 
 # A stale .so in an editable checkout would silently miss newer shims.
-_ABI = 6
+_ABI = 7
 if lib.NSLIB_ABI != _ABI:  # pragma: no cover
     raise ImportError(f"nslib._native ABI {lib.NSLIB_ABI} != {_ABI}; rebuild (pip install -e .)")
 
@@ -38,15 +38,51 @@ _EWRONGTYPE: int = lib.NSLIB_EWRONGTYPE
 _EPOISONED: int = lib.NSLIB_EPOISONED
 EORDER: int = lib.NSLIB_EORDER
 _ERESTORE: int = lib.NSLIB_ERESTORE
+EUNWOUND: int = lib.NSLIB_EUNWOUND
+_EHOME: int = lib.NSLIB_EHOME
+SWITCH: int = lib.NSLIB_SWITCH
+BLOCK: int = lib.NSLIB_BLOCK
 
 # The switching hot path calls these directly and checks the return itself.
 raw_enter = lib.nslib_enter
 raw_leave = lib.nslib_leave
 raw_depth = lib.nslib_depth
-raw_last_enter = lib.nslib_last_enter
+raw_undo_last = lib.nslib_undo_last
+raw_exit_block = lib.nslib_exit_block
 raw_unwind = lib.nslib_unwind
 raw_serial = lib.nslib_serial
 raw_socket_in = lib.nslib_socket_in
+NULL = ffi.NULL
+
+_new = ffi.new
+_gc = ffi.gc
+_box_close = lib.nslib_fdbox_close
+
+
+def fd_box() -> Any:
+    """A C ``int *`` holding -1 that closes the fd it holds when collected.
+
+    Every shim that makes an fd writes it into such a box, allocated before
+    the call.  A ``KeyboardInterrupt`` is raised as a C call returns, before
+    Python can store the result; the box makes sure that fd still has an
+    owner then.  Take the fd out with ``fd = box[0]; box[0] = -1`` (no
+    interrupt can fall between two such plain statements) or leave it there
+    and :func:`close_box` it.
+    """
+    return _gc(_new("int *", -1), _box_close)
+
+
+def close_box(box: Any) -> None:
+    """Close the fd in *box*, if any, in one C call (so never half done)."""
+    _box_close(box)
+
+
+def take(box: Any) -> int:
+    """The fd in *box*, which the caller owns from now on."""
+    fd: int = box[0]
+    box[0] = -1
+    return fd
+
 
 _NSTYPES = {
     0x00020000: "mnt",
@@ -79,6 +115,13 @@ def fail(rc: int, what: str, path: str | None = None, nstype: int = 0, *, fd: in
         raise wrong
     if rc == _EPOISONED:
         raise poisoned_error(what)
+    if rc == _EHOME:
+        raise NamespaceRestoreError(
+            errno.EBADF,
+            "the home namespace fd nslib keeps for this thread was closed or replaced "
+            "behind its back, and the thread is no longer in its home namespace either; "
+            f"the thread is poisoned (refusing to switch to {what})",
+        )
     raise oserror(err, what, path)
 
 
@@ -104,13 +147,23 @@ def encode_path(path: str | bytes | os.PathLike[str], what: str) -> bytes:
     return raw
 
 
-def open_netns(path: bytes, what: str, dirfd: int = AT_FDCWD) -> int:
-    """Open *path* O_CLOEXEC and check that it is a network namespace."""
+def open_netns_into(box: Any, path: bytes, what: str, dirfd: int = AT_FDCWD) -> None:
+    """Open *path* O_CLOEXEC into *box* (:func:`fd_box`), checked to be a network namespace."""
     nstype = ffi.new("int *")
-    fd = lib.nslib_open_netns(dirfd, path, nstype)
-    if fd < 0:
-        fail(fd, what, os.fsdecode(path), nstype[0])
-    return fd
+    rc = lib.nslib_open_netns(dirfd, path, nstype, box)
+    if rc < 0:
+        fail(rc, what, os.fsdecode(path), nstype[0])
+
+
+def open_netns(path: bytes, what: str, dirfd: int = AT_FDCWD) -> int:
+    """Open *path* O_CLOEXEC and check that it is a network namespace.
+
+    The caller owns the fd once this returns; prefer :func:`open_netns_into`
+    or :class:`~nslib.NsHandle` constructors where an interrupt must not leak it.
+    """
+    box = fd_box()
+    open_netns_into(box, path, what, dirfd)
+    return take(box)
 
 
 def pidfd_open(pid: int) -> int:
@@ -139,6 +192,12 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     return fd
 
 
+def dup_into(box: Any, fd: int, what: str) -> None:
+    """A close-on-exec duplicate of *fd* (numbered 3 or above) into *box*."""
+    if lib.nslib_dup(fd, box) < 0:
+        fail(-1, what)
+
+
 def check_netns(fd: int, what: str) -> None:
     """Raise ``NotANamespace`` unless *fd* is a network namespace."""
     nstype = ffi.new("int *")
@@ -147,17 +206,22 @@ def check_netns(fd: int, what: str) -> None:
         fail(rc, what, None, nstype[0])
 
 
+def open_current_into(box: Any) -> None:
+    """An fd of the calling thread's network namespace, into *box*."""
+    if lib.nslib_open_current(box) < 0:
+        fail(-1, "the calling thread's namespace", "/proc/thread-self/ns/net")
+
+
 def open_current() -> int:
     """An fd of the calling thread's network namespace."""
-    fd = lib.nslib_open_current()
-    if fd < 0:
-        fail(fd, "the calling thread's namespace", "/proc/thread-self/ns/net")
-    return fd
+    box = fd_box()
+    open_current_into(box)
+    return take(box)
 
 
 def leave(depth: int, what: str) -> None:
-    """Undo the :func:`enter` that returned *depth* on this thread."""
-    rc = lib.nslib_leave(depth)
+    """Undo the switch that reached *depth* on this thread (the innermost)."""
+    rc = lib.nslib_leave(depth, 0)
     if rc < 0:
         leave_failed(rc, what)
 
@@ -170,6 +234,13 @@ def leave_failed(rc: int, what: str, err: int | None = None) -> NoReturn:
         raise RuntimeError(
             f"nslib: cannot leave {what} out of order: an inner switch on this thread "
             "is still active (revert the innermost first)"
+        )
+    if rc == _EHOME:
+        raise NamespaceRestoreError(
+            errno.EBADF,
+            f"cannot return from {what}: the fd nslib kept to move this thread back was "
+            "closed or replaced behind its back (a closerange or a double close elsewhere "
+            "in the process); the thread stays where it is and is now poisoned",
         )
     raise NamespaceRestoreError(
         err, f"{os.strerror(err)}: cannot return from {what}; this thread is now poisoned"
@@ -193,12 +264,11 @@ def join(fd: int, what: str) -> None:
         fail(rc, what, fd=fd)
 
 
-def socket_in(fd: int, family: int, type: int, proto: int, what: str) -> int:
-    """``socket(2)`` created inside *fd*'s namespace, atomically."""
-    sock = lib.nslib_socket_in(fd, family, type, proto)
-    if sock < 0:
-        socket_in_failed(sock, fd, family, type, proto, what)
-    return sock
+def socket_in_into(box: Any, fd: int, family: int, type: int, proto: int, what: str) -> None:
+    """``socket(2)`` created inside *fd*'s namespace, atomically, into *box*."""
+    rc = lib.nslib_socket_in(fd, family, type, proto, box)
+    if rc < 0:
+        socket_in_failed(rc, fd, family, type, proto, what)
 
 
 def socket_in_failed(rc: int, fd: int, family: int, type: int, proto: int, what: str) -> NoReturn:
@@ -213,12 +283,28 @@ def socket_in_failed(rc: int, fd: int, family: int, type: int, proto: int, what:
     fail(rc, what)
 
 
+def new_netns_into(box: Any) -> None:
+    """A new anonymous network namespace, made on a throwaway thread, into *box*."""
+    if lib.nslib_new_netns(box) < 0:
+        fail(-1, "a new network namespace")
+
+
 def new_netns() -> int:
-    """A new anonymous network namespace, made on a throwaway thread."""
-    fd = lib.nslib_new_netns()
-    if fd < 0:
-        fail(fd, "a new network namespace")
-    return fd
+    """A new anonymous network namespace, made on a throwaway thread.
+
+    The caller owns the fd once this returns; prefer :func:`new_netns_into`.
+    """
+    box = fd_box()
+    new_netns_into(box)
+    return take(box)
+
+
+def home_fd() -> int:
+    """The home namespace fd the C core keeps for the calling thread, -1 if none.
+
+    For tests and diagnostics only: never close it.
+    """
+    return lib.nslib_home_fd()
 
 
 def mount_peers(path: bytes, what: str) -> tuple[bool, int, int] | None:

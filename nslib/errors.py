@@ -11,6 +11,7 @@ import errno as _errno
 import os
 
 __all__ = [
+    "BadFdError",
     "CNIError",
     "ClosedHandleError",
     "DockerUnavailableError",
@@ -60,6 +61,10 @@ class InvalidName(InvalidReference):
 
 class ClosedHandleError(ValueError, NslibError):
     """An operation on a closed namespace handle."""
+
+
+class BadFdError(OSError, NslibError):
+    """An fd that cannot be one: negative, too large, or not open (errno EBADF)."""
 
 
 class NamespaceRestoreError(OSError, NslibError):
@@ -157,10 +162,13 @@ class CNIError(NslibError):
 def oserror(err: int, what: str, path: str | None = None) -> OSError:
     """Build an ``OSError`` naming *what*, subclassed by errno as Python does.
 
-    ENOENT and ESRCH become :class:`NamespaceNotFound`; every other errno gets
+    ENOENT and ESRCH become :class:`NamespaceNotFound`, EBADF
+    :class:`BadFdError`; every other errno gets
     the builtin subclass (``PermissionError`` for EPERM/EACCES, and so on).
     """
     msg = f"{os.strerror(err)}: {what}"
+    if err == _errno.EBADF:
+        return BadFdError(err, msg, path) if path else BadFdError(err, msg)
     if err in (_errno.ENOENT, _errno.ESRCH):
         return NamespaceNotFound(err, msg, path) if path else NamespaceNotFound(err, msg)
     return OSError(err, msg, path) if path else OSError(err, msg)

@@ -9,16 +9,87 @@ import warnings
 from typing import Any, final
 
 from . import _syscalls as sys_
-from .errors import ClosedHandleError, InvalidReference, NamespaceNotFound, NotANamespace
+from .errors import (
+    BadFdError,
+    ClosedHandleError,
+    InvalidReference,
+    NamespaceNotFound,
+    NotANamespace,
+)
 from .names import DEFAULT_RUN_DIR, validate_name
 
 __all__ = ["NsHandle"]
+
+_FD_MAX = 2**31 - 1
 
 
 def _positive(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise InvalidReference(f"{what} must be a positive int, not {value!r}")
     return value
+
+
+def check_fd(fd: object) -> int:
+    """*fd* if it can be an fd number; else a typed error.
+
+    :raises TypeError: not an int.
+    :raises BadFdError: negative or beyond any fd number (EBADF).
+    """
+    if isinstance(fd, bool) or not isinstance(fd, int):
+        raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+    if not 0 <= fd <= _FD_MAX:
+        raise BadFdError(errno.EBADF, f"{os.strerror(errno.EBADF)}: fd {fd}")
+    return fd
+
+
+# The resolver shares these: each opens into a box (see _syscalls.fd_box),
+# so an interrupt never separates an fd from its owner.
+
+
+def open_path_into(box: Any, path: str | os.PathLike[str], what: str) -> None:
+    """Open the namespace file *path* into *box*."""
+    raw = sys_.encode_path(path, what)
+    sys_.open_netns_into(box, raw, what)
+
+
+def open_pid_into(box: Any, pid: int, what: str) -> None:
+    """Open process *pid*'s namespace into *box*."""
+    _positive(pid, "pid")
+    try:
+        sys_.open_netns_into(box, b"/proc/%d/ns/net" % pid, what)
+    except NamespaceNotFound as e:
+        raise NamespaceNotFound(e.errno, f"no process {pid} ({what})", e.filename) from None
+
+
+def open_name_into(box: Any, name: str, run_dir: str | None, what: str) -> None:
+    """Open the named namespace *name* into *box*; never creates anything."""
+    validate_name(name)
+    run_dir = run_dir or DEFAULT_RUN_DIR
+    path = os.path.join(run_dir, name)
+    raw = sys_.encode_path(path, what)  # a NUL in run_dir would cut the path short
+    try:
+        sys_.open_netns_into(box, raw, what)
+    except NamespaceNotFound as e:
+        raise NamespaceNotFound(
+            errno.ENOENT, f"no named namespace {name!r} in {run_dir}", path
+        ) from e
+    except NotANamespace as e:
+        if e.nstype:  # some other kind of namespace is mounted there
+            raise
+        raise NotANamespace(
+            f"{path} is a stale placeholder, not a mounted namespace "
+            f"(nslib.named.repair({name!r}) removes it)"
+        ) from None
+
+
+def _from_box(box: Any, what: str) -> NsHandle:
+    # A function call is a point where an interrupt may land: until the two
+    # plain statements that move the fd, the box still owns it.
+    self = NsHandle.__new__(NsHandle)
+    self._what = what
+    self._fd = box[0]
+    box[0] = -1
+    return self
 
 
 @final
@@ -40,11 +111,11 @@ class NsHandle:
 
         :raises NotANamespace: *fd* is not a network namespace (*fd* is then
             closed, since ownership was passed).
+        :raises BadFdError: *fd* is negative, too large or not open.
         """
         self._fd = -1  # first, so __del__ is safe if we raise below
         self._what = what or f"fd {fd}"
-        if isinstance(fd, bool) or not isinstance(fd, int):
-            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+        check_fd(fd)
         try:
             sys_.check_netns(fd, self._what)
         except BaseException:
@@ -68,7 +139,9 @@ class NsHandle:
     @classmethod
     def current(cls) -> NsHandle:
         """The calling *thread's* namespace (``/proc/thread-self/ns/net``)."""
-        return cls._adopt(sys_.open_current(), "the calling thread's namespace")
+        box = sys_.fd_box()
+        sys_.open_current_into(box)
+        return _from_box(box, "the calling thread's namespace")
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str]) -> NsHandle:
@@ -79,8 +152,9 @@ class NsHandle:
         :raises InvalidReference: the path contains a NUL byte.
         """
         what = f"path:{os.fspath(path)}"
-        raw = sys_.encode_path(path, what)
-        return cls._adopt(sys_.open_netns(raw, what), what)
+        box = sys_.fd_box()
+        open_path_into(box, path, what)
+        return _from_box(box, what)
 
     @classmethod
     def from_pid(cls, pid: int) -> NsHandle:
@@ -88,12 +162,10 @@ class NsHandle:
 
         :raises NamespaceNotFound: no such process (it never existed or exited).
         """
-        _positive(pid, "pid")
         what = f"pid:{pid}"
-        try:
-            return cls._adopt(sys_.open_netns(b"/proc/%d/ns/net" % pid, what), what)
-        except NamespaceNotFound as e:
-            raise NamespaceNotFound(e.errno, f"no process {pid}", e.filename) from None
+        box = sys_.fd_box()
+        open_pid_into(box, pid, what)
+        return _from_box(box, what)
 
     @classmethod
     def from_thread(cls, pid: int, tid: int) -> NsHandle:
@@ -106,8 +178,10 @@ class NsHandle:
         _positive(tid, "tid")
         what = f"thread {tid} of pid {pid}"
         path = b"/proc/%d/task/%d/ns/net" % (pid, tid)
+        box = sys_.fd_box()
         try:
-            return cls._adopt(sys_.open_netns(path, what), what)
+            sys_.open_netns_into(box, path, what)
+            return _from_box(box, what)
         except NamespaceNotFound as e:
             msg = f"no thread {tid} in process {pid}"
             if not os.path.exists(f"/proc/{pid}"):
@@ -124,41 +198,22 @@ class NsHandle:
         :raises NamespaceNotFound: no such named namespace.
         :raises NotANamespace: a stale placeholder whose mount is gone.
         """
-        validate_name(name)
-        run_dir = run_dir or DEFAULT_RUN_DIR
         what = f"name:{name}"
-        path = os.path.join(run_dir, name)
-        raw = sys_.encode_path(path, what)  # a NUL in run_dir would cut the path short
-        try:
-            fd = sys_.open_netns(raw, what)
-        except NamespaceNotFound as e:
-            raise NamespaceNotFound(
-                errno.ENOENT, f"no named namespace {name!r} in {run_dir}", path
-            ) from e
-        except NotANamespace as e:
-            if e.nstype:  # some other kind of namespace is mounted there
-                raise
-            raise NotANamespace(
-                f"{path} is a stale placeholder, not a mounted namespace "
-                f"(nslib.named.repair({name!r}) removes it)"
-            ) from None
-        return cls._adopt(fd, what)
+        box = sys_.fd_box()
+        open_name_into(box, name, run_dir, what)
+        return _from_box(box, what)
 
     @classmethod
     def from_fd(cls, fd: int) -> NsHandle:
         """A new handle on a *dup* of *fd*; the caller keeps its own fd.
 
-        :raises OSError: EBADF for a negative or closed fd.
+        :raises BadFdError: *fd* is negative, too large or not open (an
+            ``OSError`` with EBADF).
         :raises NotANamespace: *fd* is not a network namespace.
         """
-        if isinstance(fd, bool) or not isinstance(fd, int):
-            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
-        if fd < 0:
-            raise OSError(errno.EBADF, f"bad file descriptor: fd {fd}")
+        check_fd(fd)
         sys_.check_netns(fd, f"fd {fd}")
-        import fcntl
-
-        return cls._adopt(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3), f"fd {fd}")
+        return _dup(fd, f"fd {fd}")
 
     @classmethod
     def new(cls) -> NsHandle:
@@ -167,7 +222,9 @@ class NsHandle:
         It is made by ``unshare(2)`` on a throwaway thread, so the calling
         thread never moves.
         """
-        return cls._adopt(sys_.new_netns(), "a new anonymous namespace")
+        box = sys_.fd_box()
+        sys_.new_netns_into(box)
+        return _from_box(box, "a new anonymous namespace")
 
     # -- the fd -------------------------------------------------------------
 
@@ -198,9 +255,7 @@ class NsHandle:
 
     def dup(self) -> NsHandle:
         """A new handle on a close-on-exec duplicate of the fd."""
-        import fcntl
-
-        return NsHandle._adopt(fcntl.fcntl(self.fileno(), fcntl.F_DUPFD_CLOEXEC, 3), self._what)
+        return _dup(self.fileno(), self._what)
 
     @property
     def what(self) -> str:
@@ -237,5 +292,12 @@ class NsHandle:
 
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
-            self.close()
+            text = f"unclosed {self!r}"
+            self.close()  # first: a warning turned into an error must not leak the fd
+            warnings.warn(text, ResourceWarning, stacklevel=2, source=self)
+
+
+def _dup(fd: int, what: str) -> NsHandle:
+    box = sys_.fd_box()
+    sys_.dup_into(box, fd, what)
+    return _from_box(box, what)

@@ -24,10 +24,9 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
 
+from ._resolve import Tracker, parse, resolve
 from .errors import (
-    DockerUnavailableError,
     InvalidReference,
     NamespaceExists,
     NamespaceNotFound,
@@ -37,13 +36,13 @@ from .errors import (
 )
 from .handle import NsHandle
 from .names import DEFAULT_RUN_DIR
-from .reference import NetNamespace, ReferenceType
+from .reference import NetNamespace, ReferenceType, handle_from
 from .switching import Revert, switch_to
 
 __all__ = ["Config", "NsPlugin"]
 
 # A concurrent creator makes the placeholder before it bind-mounts the
-# namespace on it (pitfall 14): give it this long to finish.
+# namespace on it (iproute2's order): give it this long to finish.
 _MOUNT_GRACE = 1.0
 
 _DEFAULT_WHAT = "the plugin's default namespace"
@@ -71,10 +70,6 @@ class Config:
     microservice_timeout: float = 5.0
 
 
-class _Tracker(Protocol):
-    def get(self, label: str, timeout: float | None = ...) -> Any: ...
-
-
 class NsPlugin:
     """Resolves namespace references and switches threads into them.
 
@@ -88,7 +83,7 @@ class NsPlugin:
     :class:`~nslib.UnavailableMicroserviceError`.
     """
 
-    def __init__(self, config: Config | None = None, tracker: _Tracker | None = None) -> None:
+    def __init__(self, config: Config | None = None, tracker: Tracker | None = None) -> None:
         """Make a plugin; nothing happens until :meth:`init`."""
         self._config = config if config is not None else Config()
         self._tracker = tracker
@@ -104,7 +99,7 @@ class NsPlugin:
         return self._config
 
     @property
-    def tracker(self) -> _Tracker | None:
+    def tracker(self) -> Tracker | None:
         """The microservice tracker, if any."""
         return self._tracker
 
@@ -181,7 +176,7 @@ class NsPlugin:
 
     def get_namespace_handle(
         self,
-        ns: NetNamespace | None,
+        ns: NetNamespace | str | None,
         *,
         create_missing: bool | None = None,
         timeout: float | None = None,
@@ -189,6 +184,9 @@ class NsPlugin:
         """Resolve *ns* to a new :class:`~nslib.NsHandle`; the caller closes it.
 
         * ``None``, or an FD reference with an empty path: the default namespace;
+        * a string: read by the rule every nslib call uses (``/...`` a path,
+          ``name:``/``pid:``/``path:``/``ms:`` what they say, any other
+          string a name), then as below;
         * PID: the namespace of that process; FD: the namespace file at that path;
         * NSID: the named namespace, created if missing when *create_missing*
           (default: the plugin's :attr:`Config.create_missing`) is true;
@@ -211,23 +209,32 @@ class NsPlugin:
         :raises InvalidReference: an UNDEFINED reference.
         """
         self._check("get_namespace_handle")
-        if ns is None or (ns.type == ReferenceType.FD and not ns.reference):
+        if isinstance(ns, str):
+            ns = parse(ns)
+        if ns is None:
             return self.default_namespace()
         if not isinstance(ns, NetNamespace):
-            raise InvalidReference(f"expected a NetNamespace or None, not {type(ns).__name__}")
+            raise InvalidReference(
+                f"expected a NetNamespace, a reference string or None, not {type(ns).__name__}"
+            )
         t = ns.type
-        if t == ReferenceType.PID:
-            return NsHandle.from_pid(int(ns.reference))
-        if t == ReferenceType.FD:
-            return NsHandle.from_path(ns.reference)
+        if t == ReferenceType.FD and not ns.reference:
+            return self.default_namespace()
         if t == ReferenceType.NSID:
             create = self._config.create_missing if create_missing is None else create_missing
             grace = _MOUNT_GRACE if timeout is None else timeout
             return self._named(ns.reference, create, grace)
         if t == ReferenceType.MICROSERVICE:
+            if self._tracker is None:
+                raise UnavailableMicroserviceError(
+                    f"{ns}: this NsPlugin has no microservice tracker "
+                    "(NsPlugin(tracker=MicroserviceTracker()))"
+                )
             wait = self._config.microservice_timeout if timeout is None else timeout
-            return self._microservice(ns.reference, wait)
-        raise InvalidReference(f"cannot resolve an {ns} reference")
+            with resolve(ns, tracker=self._tracker, timeout=wait) as res:
+                return handle_from(res)
+        with resolve(ns, run_dir=self._config.run_dir) as res:  # PID, FD; UNDEFINED refused
+            return handle_from(res)
 
     def _named(self, name: str, create: bool, grace: float) -> NsHandle:
         run_dir = self._config.run_dir
@@ -263,27 +270,9 @@ class NsPlugin:
                     ) from e
                 time.sleep(0.005)
 
-    def _microservice(self, label: str, timeout: float) -> NsHandle:
-        tracker = self._tracker
-        if tracker is None:
-            raise UnavailableMicroserviceError(
-                f"ms:{label}: this NsPlugin has no microservice tracker "
-                "(NsPlugin(tracker=MicroserviceTracker()))"
-            )
-        try:
-            ms = tracker.get(label, timeout=timeout)
-        except DockerUnavailableError as e:
-            raise UnavailableMicroserviceError(f"ms:{label}: {e}") from e
-        if ms is None:
-            raise UnavailableMicroserviceError(
-                f"ms:{label}: microservice is not available (no running container holds the label)"
-            )
-        handle: NsHandle = ms.open_namespace()
-        return handle
-
     # -- switching --------------------------------------------------------------
 
-    def switch_to_namespace(self, ns: NetNamespace | None) -> Revert:
+    def switch_to_namespace(self, ns: NetNamespace | str | None) -> Revert:
         """Move the calling thread into *ns*; return the callable that moves it back.
 
         The seed's ``SwitchToNamespace``: the caller must call the returned

@@ -52,14 +52,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 from . import _syscalls as sys_
-from .errors import DockerUnavailableError, InvalidReference, UnavailableMicroserviceError
-from .handle import NsHandle
-from .reference import NetNamespace, NsLike, ReferenceType, open_namespace
+from ._resolve import NsRef, Resolved, Tracker, parse, resolve
+from .errors import DockerUnavailableError
+from .reference import NetNamespace, ReferenceType
 
-__all__ = ["ETC_NETNS_DIR", "MS_TIMEOUT", "execvp", "parse_reference", "popen", "run"]
+__all__ = [
+    "ETC_NETNS_DIR",
+    "MICROSERVICE_SYNC_TIMEOUT",
+    "execvp",
+    "parse_reference",
+    "popen",
+    "run",
+]
 
 #: Where ``ip netns exec`` looks for per-namespace ``/etc`` files.
 ETC_NETNS_DIR = "/etc/netns"
@@ -69,87 +76,44 @@ log = logging.getLogger("nslib.process")
 _Argv = str | bytes | os.PathLike[str] | os.PathLike[bytes] | Sequence[Any]
 
 
-class _Tracker(Protocol):
-    def get(self, label: str, timeout: float | None = ...) -> Any: ...
-
-
-class _Target:
-    """A resolved namespace: the fd to join, who owns it, and its name if named."""
-
-    __slots__ = ("fd", "name", "own", "what")
-
-    def __init__(self, fd: int, own: NsHandle | None, what: str, name: str | None) -> None:
-        self.fd = fd
-        self.own = own
-        self.what = what
-        self.name = name
-
-    def close(self) -> None:
-        own, self.own = self.own, None
-        if own is not None:
-            own.close()
-
-
-_KINDS = ("name", "pid", "path", "ms")
-
-
 def parse_reference(text: str) -> NetNamespace:
-    """:meth:`NetNamespace.parse`, plus bare paths: a string with a ``/`` and no kind prefix.
+    """A reference string, by the rule every nslib call uses.
 
-    Names never contain ``/``, so ``/run/netns/x`` or ``./ns`` cannot be
-    mistaken for one.
+    ``/...`` is a path; ``name:``, ``pid:``, ``path:`` and ``ms:`` mean what
+    they say; any other string is the name of a named namespace.
 
     :raises InvalidReference: a malformed reference.
     """
-    kind, sep, _ = text.partition(":")
-    if "/" in text and not (sep and kind in _KINDS):
-        return NetNamespace.path(text)
-    return NetNamespace.parse(text)
+    return parse(text)
 
 
-def _resolve(ref: NsLike, tracker: _Tracker | None, run_dir: str | None) -> _Target:
-    if type(ref) is NsHandle:
-        return _Target(ref.fileno(), None, ref.what, None)
-    if isinstance(ref, int) and not isinstance(ref, bool):
-        if ref < 0:
-            raise OSError(9, f"Bad file descriptor: fd {ref}")
-        return _Target(ref, None, f"fd {ref}", None)
+def _is_microservice(ref: NsRef) -> bool:
     if isinstance(ref, str):
-        ref = parse_reference(ref)
-    if isinstance(ref, NetNamespace):
-        if ref.type == ReferenceType.MICROSERVICE and tracker is None:
-            return _resolve_ms(ref)
-        h = open_namespace(ref, tracker=tracker, run_dir=run_dir)
-        name = ref.reference if ref.type == ReferenceType.NSID else None
-        return _Target(h.fileno(), h, str(ref), name)
-    if isinstance(ref, str | os.PathLike):
-        h = NsHandle.from_path(ref)
-        return _Target(h.fileno(), h, h.what, None)
-    raise InvalidReference(
-        f"expected an NsHandle, NetNamespace, reference string, path or fd, "
-        f"not {type(ref).__name__}"
-    )
+        return ref.startswith("ms:")
+    return isinstance(ref, NetNamespace) and ref.type == ReferenceType.MICROSERVICE
+
+
+def _resolve_target(ref: NsRef, tracker: Tracker | None, run_dir: str | None) -> Resolved:
+    if tracker is None and _is_microservice(ref):
+        return _resolve_ms(ref)
+    return resolve(ref, tracker=tracker, run_dir=run_dir)
 
 
 #: How long a call-scoped tracker waits for its first sync with docker.
-MS_TIMEOUT = 10.0
+MICROSERVICE_SYNC_TIMEOUT = 10.0
 
 
-def _resolve_ms(ref: NetNamespace) -> _Target:
+def _resolve_ms(ref: NsRef) -> Resolved:
     # No tracker given: a short-lived one for this call, stopped before return.
     from .microservice import MicroserviceTracker
 
     tracker = MicroserviceTracker()
     tracker.start()
     try:
-        wait_synced(tracker, MS_TIMEOUT)
-        ms = tracker.get(ref.reference, timeout=0)
-        if ms is None:
-            raise UnavailableMicroserviceError(f"{ref}: no running container holds this label")
-        h = ms.open_namespace()
+        wait_synced(tracker, MICROSERVICE_SYNC_TIMEOUT)
+        return resolve(ref, tracker=tracker, timeout=0)
     finally:
         tracker.stop()
-    return _Target(h.fileno(), h, str(ref), None)
 
 
 def wait_synced(tracker: Any, timeout: float) -> None:
@@ -200,7 +164,7 @@ def _bind_etc(name: str) -> list[str]:
     return problems
 
 
-def _spawn(target: _Target, etc: bool, launch: Any, *, replaces: bool = False) -> Any:
+def _spawn(target: Resolved, etc: bool, launch: Any, *, replaces: bool = False) -> Any:
     """Call ``launch()`` from a throwaway thread that joined *target*; return its result.
 
     *replaces*: ``launch`` execs, so bind problems are logged before it (from
@@ -245,7 +209,7 @@ def _spawn(target: _Target, etc: bool, launch: Any, *, replaces: bool = False) -
     return result
 
 
-def _report(problems: list[str], target: _Target) -> None:
+def _report(problems: list[str], target: Resolved) -> None:
     for problem in problems:
         log.warning("%s (namespace %s)", problem, target.what)
 
@@ -269,24 +233,23 @@ def _abandon(done: Any, box: list[Any]) -> None:
 
 
 def popen(
-    ref: NsLike,
+    ref: NsRef,
     argv: _Argv,
     *,
     etc: bool = True,
-    tracker: _Tracker | None = None,
+    tracker: Tracker | None = None,
     run_dir: str | None = None,
     **popen_kwargs: Any,
 ) -> subprocess.Popen[Any]:
     """Start *argv* inside the namespace *ref*; return its :class:`subprocess.Popen`.
 
     *ref* may be an :class:`~nslib.NsHandle`, a :class:`~nslib.NetNamespace`,
-    a reference string as :meth:`NetNamespace.parse` reads it (``blue``,
-    ``name:blue``, ``pid:42``, ``path:/p``, ``ms:web``; a bare string
-    containing ``/`` is a path, see :func:`parse_reference`), a path object
+    a reference string (``blue``, ``name:blue``, ``pid:42``, ``path:/p``,
+    ``ms:web``, ``/a/path``; see :func:`parse_reference`), a path object
     or an int fd.  Named references resolve
     in *run_dir* (default ``/run/netns``).  ``ms:LABEL`` resolves through
     *tracker*; without one, a :class:`~nslib.MicroserviceTracker` is started
-    for the call (waiting up to :data:`MS_TIMEOUT` seconds) and stopped.
+    for the call (waiting up to :data:`MICROSERVICE_SYNC_TIMEOUT` seconds) and stopped.
 
     With *etc* (the default) the child gets ``ip netns exec`` semantics: a
     private mount namespace, a fresh ``/sys`` and, for a named namespace, the
@@ -305,7 +268,7 @@ def popen(
     :raises OSError: what :class:`subprocess.Popen` raises (a missing program
         is a :class:`FileNotFoundError`).
     """
-    target = _resolve(ref, tracker, run_dir)
+    target = _resolve_target(ref, tracker, run_dir)
     try:
         proc: subprocess.Popen[Any] = _spawn(
             target, etc, lambda: subprocess.Popen(argv, **popen_kwargs)
@@ -316,11 +279,11 @@ def popen(
 
 
 def run(
-    ref: NsLike,
+    ref: NsRef,
     argv: _Argv,
     *,
     etc: bool = True,
-    tracker: _Tracker | None = None,
+    tracker: Tracker | None = None,
     run_dir: str | None = None,
     input: str | bytes | None = None,
     capture_output: bool = False,
@@ -366,11 +329,11 @@ def run(
 
 
 def execvp(
-    ref: NsLike,
+    ref: NsRef,
     argv: Sequence[str],
     *,
     etc: bool = True,
-    tracker: _Tracker | None = None,
+    tracker: Tracker | None = None,
     run_dir: str | None = None,
     env: dict[str, str] | None = None,
 ) -> NoReturn:
@@ -393,7 +356,7 @@ def execvp(
     if not argv:
         raise ValueError("execvp needs a program to run")
     args = [os.fspath(a) for a in argv]
-    target = _resolve(ref, tracker, run_dir)
+    target = _resolve_target(ref, tracker, run_dir)
     try:
         saved = {}
         for name in ("SIGPIPE", "SIGXFSZ"):

@@ -10,11 +10,14 @@ import enum
 import os
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from .errors import DockerUnavailableError, InvalidReference, UnavailableMicroserviceError
+from .errors import InvalidReference
 from .handle import NsHandle
 from .names import validate_name
+
+if TYPE_CHECKING:
+    from ._resolve import Resolved, Tracker
 
 __all__ = ["NetNamespace", "ReferenceType", "open_namespace"]
 
@@ -128,13 +131,20 @@ class NetNamespace:
         reference.  A bare string is a name, so ``parse("blue")`` equals
         ``parse("name:blue")``.
 
-        :raises InvalidReference: anything else (``InvalidName`` for bad names).
+        :raises InvalidReference: anything else, including an empty value
+            after ``name:``, ``pid:``, ``path:`` or ``ms:`` (``InvalidName``
+            for bad names); the message quotes *text*.
         """
         if not isinstance(text, str):
             raise InvalidReference(f"reference must be a str, not {type(text).__name__}")
         kind, sep, value = text.partition(":")
         if sep and kind in _PREFIX:
-            return cls(_PREFIX[kind], value)
+            if not value and kind != "undefined":
+                raise InvalidReference(f"empty {kind}: reference {text!r}")
+            try:
+                return cls(_PREFIX[kind], value)
+            except InvalidReference as e:  # say what the user gave, not just the value
+                raise type(e)(f"invalid reference {text!r}: {e}") from None
         if sep:
             raise InvalidReference(
                 f"unknown reference kind {kind!r} in {text!r}; "
@@ -146,56 +156,44 @@ class NetNamespace:
         return f"{_PREFIX_OF[self.type]}:{self.reference}"
 
 
-class _Resolvable(Protocol):
-    def open_namespace(self) -> NsHandle: ...
-
-
-class _Tracker(Protocol):
-    def get(self, label: str) -> _Resolvable | None: ...
-
-
 NsLike = NsHandle | NetNamespace | str | os.PathLike[str] | int
+"""The old name of :data:`nslib._resolve.NsRef`."""
 
 
 def open_namespace(
-    ref: NetNamespace,
+    ref: NetNamespace | str,
     *,
-    tracker: _Tracker | None = None,
+    tracker: Tracker | None = None,
     run_dir: str | None = None,
+    timeout: float | None = None,
 ) -> NsHandle:
     """Resolve *ref* to a new :class:`NsHandle` (the caller closes it).
 
-    Never creates a namespace.  A MICROSERVICE reference needs *tracker*
-    (a :class:`~nslib.MicroserviceTracker`).
+    *ref* is a :class:`NetNamespace` or a reference string, read by the rule
+    every nslib call uses (``/...`` a path, ``name:``/``pid:``/``path:``/
+    ``ms:`` what they say, any other string a name).  Never creates a
+    namespace.  A MICROSERVICE reference needs *tracker* (a
+    :class:`~nslib.MicroserviceTracker`).
 
     :raises NamespaceNotFound: the process, file or named namespace is missing.
     :raises UnavailableMicroserviceError: no running container holds the
         label, there is no *tracker*, or the tracker has never been in sync
         with docker (its :class:`~nslib.DockerUnavailableError` is the
         ``__cause__``, as :class:`~nslib.NsPlugin` does).
-    :raises InvalidReference: an UNDEFINED reference.
+    :raises InvalidReference: an UNDEFINED or malformed reference.
     """
-    t = ref.type
-    if t == ReferenceType.NSID:
-        return NsHandle.from_name(ref.reference, run_dir=run_dir)
-    if t == ReferenceType.PID:
-        return NsHandle.from_pid(int(ref.reference))
-    if t == ReferenceType.FD:
-        if not ref.reference:
-            raise InvalidReference("empty path reference")
-        return NsHandle.from_path(ref.reference)
-    if t == ReferenceType.MICROSERVICE:
-        if tracker is None:
-            raise UnavailableMicroserviceError(
-                f"{ref}: resolving a microservice needs a tracker (tracker=MicroserviceTracker())"
-            )
-        try:
-            ms = tracker.get(ref.reference)
-        except DockerUnavailableError as e:
-            # As NsPlugin does: to the caller the microservice is unavailable;
-            # why (docker never reached) stays in the chained cause.
-            raise UnavailableMicroserviceError(f"{ref}: {e}") from e
-        if ms is None:
-            raise UnavailableMicroserviceError(f"{ref}: no running container holds this label")
-        return ms.open_namespace()
-    raise InvalidReference(f"cannot open an {ref} reference")
+    from ._resolve import resolve
+
+    if not isinstance(ref, NetNamespace | str):
+        raise InvalidReference(
+            f"expected a NetNamespace or a reference string, not {type(ref).__name__}"
+        )
+    with resolve(ref, tracker=tracker, run_dir=run_dir, timeout=timeout) as res:
+        return handle_from(res)
+
+
+def handle_from(res: Resolved) -> NsHandle:
+    """A new :class:`NsHandle` that takes over the fd *res* opened."""
+    from .handle import _from_box
+
+    return _from_box(res._box, res.what)

@@ -29,26 +29,23 @@ The rules (namespaces are per *thread*):
 
 from __future__ import annotations
 
+import _io
 import asyncio
 import errno
+import operator
 import os
 import queue
 import socket
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar, final
 
 from . import _syscalls as sys_
-from .errors import (
-    ClosedHandleError,
-    InvalidReference,
-    NamespaceNotFound,
-    NamespaceRestoreError,
-)
+from ._resolve import NsRef, Resolved, resolve
+from .errors import ClosedHandleError, NamespaceRestoreError
 from .handle import NsHandle
-from .reference import NetNamespace, NsLike, open_namespace
 
 __all__ = [
     "PinnedExecutor",
@@ -69,52 +66,28 @@ T = TypeVar("T")
 _raw_enter = sys_.raw_enter
 _raw_leave = sys_.raw_leave
 _raw_depth = sys_.raw_depth
-_raw_last_enter = sys_.raw_last_enter
+_raw_undo_last = sys_.raw_undo_last
+_raw_exit_block = sys_.raw_exit_block
 _raw_unwind = sys_.raw_unwind
 _raw_serial = sys_.raw_serial
 _raw_socket_in = sys_.raw_socket_in
+_BLOCK = sys_.BLOCK
+_SWITCH = sys_.SWITCH
+_NULL = sys_.NULL
+_fd_box = sys_.fd_box
 _Socket = socket.socket
+_sock_new = socket.socket.__new__
+_sock_init: Callable[..., None] = socket.socket.__mro__[1].__init__  # type: ignore[misc]  # _socket.socket's, in C
 _running_loop = asyncio._get_running_loop
-_FD_MAX = 2**31 - 1
 
 
-def _undo_interrupted_enter() -> None:
-    # An asynchronous exception (KeyboardInterrupt from a signal handler) is
-    # raised as soon as a C call returns, before Python stores its result.
-    # If that call was a successful enter, the switch is still the innermost:
-    # undo it, so the exception leaves the thread where it was.
-    last = _raw_last_enter()
-    if last > 0 and last == _raw_depth():
-        _raw_leave(last)
+def _resolve(ns: NsRef) -> tuple[int, Resolved | None, str]:
+    """``(fd, owner to close or None, description)``: the old private form.
 
-
-def _resolve(ns: NsLike) -> tuple[int, NsHandle | None, str]:
-    """``(fd, handle we opened and must close, description)`` for any ns-like."""
-    if type(ns) is NsHandle:
-        return ns.fileno(), None, ns.what
-    if isinstance(ns, NetNamespace):
-        h = open_namespace(ns)
-        return h.fileno(), h, str(ns)
-    if isinstance(ns, int) and not isinstance(ns, bool):
-        if not 0 <= ns <= _FD_MAX:
-            raise OSError(errno.EBADF, f"{os.strerror(errno.EBADF)}: fd {ns}")
-        return ns, None, f"fd {ns}"
-    if isinstance(ns, str | os.PathLike):
-        try:
-            h = NsHandle.from_path(ns)
-        except NamespaceNotFound as e:
-            if isinstance(ns, str) and "/" not in ns:
-                # A bare word is a *path* here; NetNamespace.parse reads it as a name.
-                raise NamespaceNotFound(
-                    e.errno,
-                    f"{e.strerror}; for the named namespace, pass NetNamespace.named({ns!r})",
-                    e.filename,
-                ) from None
-            raise
-        return h.fileno(), h, h.what
-    raise InvalidReference(
-        f"expected an NsHandle, NetNamespace, path or fd, not {type(ns).__name__}"
-    )
+    Kept for :mod:`nslib.netlink` until it calls :func:`nslib._resolve.resolve`.
+    """
+    res = resolve(ns)
+    return res.fd, res if res.owned else None, res.what
 
 
 def _refuse_on_loop(what: str) -> None:
@@ -125,124 +98,156 @@ def _refuse_on_loop(what: str) -> None:
         )
 
 
+# -- ending an entered() block without running a Python frame first -----------
+#
+# CPython checks for pending signals when a Python function starts (and
+# after every C call), so a KeyboardInterrupt can be raised on the first
+# line of any __exit__ written in Python, before it has moved the thread
+# back; the `with` statement does not call __exit__ again.  So entered's
+# __exit__ is C all the way to the C core's exit call:
+#
+# * entered.__exit__ is _io._IOBase.__exit__ bound to one module-level
+#   object; that C method calls its object's close();
+# * close is a property whose getter is C (operator.attrgetter) and returns
+#   the calling thread's generator's __next__;
+# * resuming a generator suspended inside ``yield from`` skips the signal
+#   check (only a fresh frame and a plain ``yield`` check), and the first
+#   thing it then does is the C call that ends the block.
+#
+# The generator then reports a failure by raising, which propagates out of
+# the `with` like any __exit__ error.  The C core keeps which switches are
+# blocks, so the exit needs no state from the entered object: one object
+# may be used by several threads, each in its own block.
+
+
+def _block_exits() -> Iterator[None]:
+    while True:
+        yield from (None,)  # resumed by _ThreadExits.next: see above
+        rc = _raw_exit_block()
+        if rc < 0:
+            _block_exit_failed(rc)
+
+
+def _block_exit_failed(rc: int) -> None:
+    err = sys_.ffi.errno  # first: the next C call overwrites it
+    _thread_exits.renew()  # this generator ends with the raise below
+    if rc == sys_.EUNWOUND:
+        raise RuntimeError(
+            "nslib: an entered() block ended while a switch_to() made inside it was "
+            "never reverted; the thread was moved back anyway and that switch abandoned"
+        )
+    sys_.leave_failed(rc, "an entered() block", err)
+
+
+class _ThreadExits(threading.local):
+    gen: Iterator[None]
+    next: Callable[[], None]
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        gen = _block_exits()
+        next(gen)  # run to the first suspension
+        self.gen = gen
+        self.next = gen.__next__
+
+
+_thread_exits = _ThreadExits()
+
+
+class _BlockExit(_io._IOBase):
+    threads = _thread_exits
+    close = property(operator.attrgetter("threads.next"))
+    closed = True  # so the io finalizer never calls close() on collection
+
+
+_block_exit = _BlockExit()
+
+
+def _exits_ready() -> bool:
+    # A generator that raised (a failed exit) or was interrupted between two
+    # blocks is finished; make a new one before switching, never after.
+    return _thread_exits.gen.gi_suspended  # type: ignore[attr-defined,no-any-return]
+
+
 @final
 class entered:
     """Run the ``with`` body with the calling thread inside *ns*, then move back.
 
-    *ns* may be an :class:`NsHandle`, a :class:`NetNamespace`, a path or an
-    int fd.  Nesting works; the thread is moved back on every exit, including
-    exceptions and ``KeyboardInterrupt``.  A handle or fd costs no open
-    (a thread opens its home namespace once, on its first switch, and a
-    nested switch opens the current one to return to); a reference or path
-    is opened once and closed on exit.  ``__enter__``
-    returns the handle used (``None`` for a bare fd).
+    *ns* is any namespace reference (see :mod:`nslib._resolve`): an
+    :class:`NsHandle`, a :class:`NetNamespace`, a reference string (a bare
+    word is a *named* namespace, ``/...`` a path), a path object or an int
+    fd.  Nesting works; the thread is moved back on every exit, including
+    exceptions and ``KeyboardInterrupt``.  A handle or fd costs no open (a
+    thread opens its home namespace once, on its first switch, and a nested
+    switch opens the current one to return to); a reference is opened once
+    and closed when the block ends.  ``__enter__`` returns the handle given
+    (``None`` for any other reference).
+
+    The state of a block lives in the C core, per thread: one ``entered``
+    object may be used by several threads at once, and nested in itself.
+
+    Interrupt-safe: a ``KeyboardInterrupt`` (or any exception a signal
+    handler raises) at any point leaves the thread where it was before the
+    block, and is what propagates.
 
     Refused on a thread running an asyncio event loop.
 
-    An asynchronous exception (``KeyboardInterrupt`` from a signal) that
-    arrives while the thread is being switched in is handled: the switch is
-    undone before the exception propagates.  Python gives no way to close the
-    last window, between the end of the body and the start of ``__exit__``;
-    a signal landing exactly there leaves the thread switched (``switch_depth()``
-    then says so).
-
     If the block ends while a :func:`switch_to` made inside it is still
     open, the thread is moved back to where it was before the block anyway,
-    that inner switch is abandoned (its revert becomes a no-op) and
-    ``RuntimeError`` reports the bug.
+    that inner switch is abandoned (its revert becomes a no-op) and, unless
+    an exception is already leaving the block, ``RuntimeError`` reports the
+    bug.
 
     :raises NamespaceRestoreError: moving back failed; the thread is poisoned.
     :raises ClosedHandleError: *ns* is a closed handle.
     :raises NotANamespace: *ns* is not a network namespace.
-    :raises RuntimeError: on an event loop thread, or the object is already
-        active.
+    :raises RuntimeError: on an event loop thread.
     """
 
-    __slots__ = ("_depth", "_ns", "_own", "_what")
+    __slots__ = ("_ns",)
 
-    def __init__(self, ns: NsLike) -> None:
+    def __init__(self, ns: NsRef) -> None:
         self._ns = ns
-        self._own: NsHandle | None = None
-        self._depth = 0
 
     def __enter__(self) -> NsHandle | None:
         ns = self._ns
-        if type(ns) is NsHandle and not self._depth:
+        if type(ns) is NsHandle:
             # The hot path: a handle we do not own, no open, one C call.
             fd = ns._fd
-            if fd >= 0 and _running_loop() is None:
+            if fd >= 0 and _running_loop() is None and _thread_exits.gen.gi_suspended:  # type: ignore[attr-defined]
                 try:
-                    depth = _raw_enter(fd)
+                    depth = _raw_enter(fd, _BLOCK, _NULL)
                 except BaseException:
-                    _undo_interrupted_enter()
+                    # Only the check after that C call can raise here; if
+                    # it switched, the `with` will not call __exit__.
+                    _raw_undo_last()
                     raise
                 if depth > 0:
-                    self._depth = depth
                     return ns
                 sys_.fail(depth, ns.what, fd=fd)  # reads errno first; no second try
         return self._enter_slow()
 
     def _enter_slow(self) -> NsHandle | None:
-        if self._depth:
-            raise RuntimeError("this entered() is already active; make a new one to nest")
         ns = self._ns
-        if type(ns) is NsHandle:
-            if ns._fd < 0:
-                raise ClosedHandleError(f"cannot switch through a closed handle ({ns.what})")
-            fd, self._what = ns._fd, ns.what
-            handle: NsHandle | None = ns
-        else:
-            fd, self._own, self._what = _resolve(ns)
-            handle = self._own
-        try:
-            _refuse_on_loop(self._what)
+        if type(ns) is NsHandle and ns._fd < 0:
+            raise ClosedHandleError(f"cannot switch through a closed handle ({ns.what})")
+        with resolve(ns) as res:
+            _refuse_on_loop(res.what)
+            if not _exits_ready():
+                _thread_exits.renew()
+            own = res._box if res.owned else _NULL  # the C switch takes it over
             try:
-                depth = _raw_enter(fd)
+                depth = _raw_enter(res.fd, _BLOCK, own)
             except BaseException:
-                _undo_interrupted_enter()
+                _raw_undo_last()
                 raise
             if depth < 0:
-                sys_.fail(depth, self._what, fd=fd)
-        except BaseException:
-            self._drop()
-            raise
-        self._depth = depth
-        return handle
+                sys_.fail(depth, res.what, fd=res.fd)
+        return ns if type(ns) is NsHandle else None
 
-    def __exit__(self, typ: object, val: object, tb: object) -> None:
-        # Three named parameters, not *exc: no tuple to build on the hot path.
-        depth, self._depth = self._depth, 0
-        try:
-            rc = _raw_leave(depth)
-            if rc < 0:
-                if rc == sys_.EORDER and 0 < depth < _raw_depth():
-                    self._unwind(depth)
-                sys_.leave_failed(rc, self._describe())  # reads errno first
-        finally:
-            if self._own is not None:
-                self._drop()
-
-    def _unwind(self, depth: int) -> None:
-        # The block ends while a switch_to() made inside it is still open.
-        # A `with` block must not leave the thread elsewhere: move it back
-        # to where it was before this block, abandoning the inner switch
-        # (its revert becomes a no-op), and report the bug.
-        what = self._describe()
-        if _raw_unwind(depth) < 0:
-            sys_.leave_failed(-1, what)
-        raise RuntimeError(
-            f"nslib: the entered({what}) block ended while a switch_to() made inside it "
-            "was never reverted; the thread was moved back anyway and that switch abandoned"
-        )
-
-    def _describe(self) -> str:
-        ns = self._ns
-        return ns.what if type(ns) is NsHandle else getattr(self, "_what", "?")
-
-    def _drop(self) -> None:
-        own, self._own = self._own, None
-        if own is not None:
-            own.close()
+    __exit__ = _block_exit.__exit__
 
 
 @final
@@ -251,15 +256,16 @@ class Revert:
 
     Call it (or leave its ``with`` block) on the thread that switched.  If an
     enclosing :func:`entered` block has already moved the thread back past
-    this switch, the switch is gone and calling this is a no-op.
+    this switch, the switch is gone and calling this is a no-op.  A revert
+    collected while its switch is still the thread's innermost (an
+    interrupt dropped it) moves the thread back, with a ``ResourceWarning``.
     """
 
-    __slots__ = ("_depth", "_own", "_serial", "_thread", "_what")
+    __slots__ = ("_depth", "_serial", "_thread", "_what")
 
-    def __init__(self, own: NsHandle | None, what: str) -> None:
+    def __init__(self, what: str) -> None:
         self._depth = 0  # set by switch_to() once the thread has moved
         self._serial = 0  # which switch at that depth is ours
-        self._own = own
         self._what = what
         self._thread = threading.get_ident()
 
@@ -285,31 +291,17 @@ class Revert:
                 f"revert() of the switch to {self._what} must be called on the thread that switched"
             )
         serial = self._serial
-        self._depth = 0
         if _raw_serial(depth) != serial:
-            self._close_own()  # already undone by an enclosing entered() block
+            self._depth = 0  # already undone (by this revert, or by an enclosing block)
             return
-        try:
-            rc = _raw_leave(depth)
-        except BaseException:
-            # Interrupted after the C call: it left unless it refused.
-            if _raw_serial(depth) == serial:
-                self._depth = depth
-            else:
-                self._close_own()
-            raise
-        if rc == sys_.EORDER:
-            self._depth = depth  # nothing changed; may be retried
-            sys_.leave_failed(rc, self._what)
-        err = sys_.ffi.errno if rc < 0 else 0
-        self._close_own()
+        rc = _raw_leave(depth, serial)  # one C call; whether it ran, C knows
         if rc < 0:
-            sys_.leave_failed(rc, self._what, err)
-
-    def _close_own(self) -> None:
-        own, self._own = self._own, None
-        if own is not None:
-            own.close()
+            if rc != sys_.EORDER:
+                err = sys_.ffi.errno
+                self._depth = 0  # over, if badly: the thread is poisoned
+                sys_.leave_failed(rc, self._what, err)
+            sys_.leave_failed(rc, self._what)
+        self._depth = 0
 
     def __enter__(self) -> Revert:
         return self
@@ -319,42 +311,53 @@ class Revert:
 
     def __del__(self) -> None:
         depth = getattr(self, "_depth", 0)
-        if depth:
-            if threading.get_ident() == self._thread and _raw_serial(depth) != self._serial:
-                return  # its switch was already undone by an enclosing block
-            warnings.warn(
-                f"switch_to({self._what}) was never reverted", ResourceWarning, stacklevel=2
-            )
+        if not depth or threading.get_ident() != self._thread:
+            if depth:
+                warnings.warn(
+                    f"switch_to({self._what}) was never reverted", ResourceWarning, stacklevel=2
+                )
+            return
+        if _raw_serial(depth) != self._serial:
+            return  # its switch was already undone
+        moved = _raw_depth() == depth and _raw_leave(depth, self._serial) == 0
+        warnings.warn(
+            f"switch_to({self._what}) was never reverted"
+            + ("; the thread was moved back as its revert was collected" if moved else ""),
+            ResourceWarning,
+            stacklevel=2,
+        )
 
 
-def switch_to(ns: NsLike) -> Revert:
+def switch_to(ns: NsRef) -> Revert:
     """Move the calling thread into *ns*; return the callable that moves it back.
 
-    The seed's ``SwitchToNamespace``: the caller must call the returned
-    :class:`Revert` (or use it as a context manager).  Reverts must happen
-    innermost first and on the same thread.
+    The ``SwitchToNamespace`` of the Ligato vpp-agent's namespace plugin:
+    the caller must call the returned :class:`Revert` (or use it as a
+    context manager).  Reverts must happen innermost first and on the same
+    thread.  *ns* is any reference :func:`entered` takes.
 
     :raises NamespaceRestoreError: the thread is poisoned.
     """
-    fd, own, what = _resolve(ns)
+    res = resolve(ns)
     try:
-        _refuse_on_loop(what)
+        _refuse_on_loop(res.what)
         # Made before the switch, so no call can be interrupted between the
         # switch and the object that undoes it.
-        revert = Revert(own, what)
+        revert = Revert(res.what)
+        own = res._box if res.owned else _NULL  # the C switch takes it over
         try:
-            depth = _raw_enter(fd)
+            depth = _raw_enter(res.fd, _SWITCH, own)
             serial = _raw_serial(depth) if depth > 0 else 0
         except BaseException:
-            _undo_interrupted_enter()
+            _raw_undo_last()  # an interrupt as a C call returned: undo that switch
             raise
         if depth < 0:
-            sys_.fail(depth, what, fd=fd)
+            sys_.fail(depth, res.what, fd=res.fd)
+        revert._depth = depth
+        revert._serial = serial
     except BaseException:
-        if own is not None:
-            own.close()
+        res.close()
         raise
-    revert._depth, revert._serial = depth, serial
     return revert
 
 
@@ -369,39 +372,40 @@ def thread_poisoned() -> bool:
 
 
 class _Owned:
-    """A resolved namespace that a worker thread may outlive the caller's use of."""
+    """A namespace fd a worker thread owns, so the caller may close theirs."""
 
-    def __init__(self, ns: NsLike) -> None:
-        fd, own, self.what = _resolve(ns)
-        # A dup, so the caller may close its handle while the worker runs.
-        if own is not None:
-            self.handle = own
-        elif type(ns) is NsHandle:
-            self.handle = ns.dup()  # already checked: no second fstatfs+ioctl
-        else:
-            self.handle = NsHandle.from_fd(fd)
+    def __init__(self, ns: NsRef) -> None:
+        res = resolve(ns)
+        if not res.owned:
+            if type(ns) is not NsHandle:
+                sys_.check_netns(res.fd, res.what)  # a handle was checked when made
+            box = _fd_box()
+            sys_.dup_into(box, res.fd, res.what)
+            res._box, res.fd = box, box[0]
+        self.res = res
+        self.what = res.what
 
     def join(self) -> None:
-        """Move the calling (fresh) thread into the namespace; close the handle.
+        """Move the calling (fresh) thread into the namespace; close the fd.
 
         Once joined, the thread itself keeps the namespace alive.
         """
         try:
-            sys_.join(self.handle.fileno(), self.what)
+            sys_.join(self.res.fd, self.what)
         finally:
-            self.handle.close()
+            self.res.close()
 
     def start(self, thread: threading.Thread) -> None:
-        """Start *thread*, which owns the handle from then on."""
+        """Start *thread*, which owns the fd from then on."""
         try:
             thread.start()
         except BaseException:
             if thread.ident is None:  # never ran: nobody else will close it
-                self.handle.close()
+                self.res.close()
             raise
 
 
-def run_in(ns: NsLike, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+def run_in(ns: NsRef, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``fn(*args, **kwargs)`` on a fresh thread inside *ns*; return its result.
 
     The thread dies afterwards, so nothing needs restoring and the caller
@@ -426,7 +430,7 @@ def run_in(ns: NsLike, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs)
     raise value
 
 
-async def run_in_async(ns: NsLike, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+async def run_in_async(ns: NsRef, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Await ``fn(*args, **kwargs)`` run on a fresh thread inside *ns*.
 
     The event loop's thread never switches.  Cancelling the await does not
@@ -459,7 +463,7 @@ class PinnedExecutor(Executor):
     own handle, so the caller may close theirs.
     """
 
-    def __init__(self, ns: NsLike) -> None:
+    def __init__(self, ns: NsRef) -> None:
         target = _Owned(ns)
         self._what = target.what
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -567,13 +571,13 @@ class PinnedExecutor(Executor):
         return f"<PinnedExecutor {self._what} {state}>"
 
 
-def pinned(ns: NsLike) -> PinnedExecutor:
+def pinned(ns: NsRef) -> PinnedExecutor:
     """An :class:`~concurrent.futures.Executor` whose one worker lives in *ns*."""
     return PinnedExecutor(ns)
 
 
 def socket_in(
-    ns: NsLike,
+    ns: NsRef,
     family: int = socket.AF_INET,
     type: int = socket.SOCK_STREAM,
     proto: int = 0,
@@ -582,23 +586,37 @@ def socket_in(
 
     The C core joins, calls ``socket(2)`` and moves back in one call, so no
     Python code runs in the foreign namespace.  The socket stays bound to
-    *ns* for its whole life, whatever thread uses it.
+    *ns* for its whole life, whatever thread uses it.  *ns* is any
+    reference :func:`entered` takes.
     """
+    box = _fd_box()  # owns the socket from the moment C makes it
     if isinstance(ns, NsHandle) and ns._fd >= 0:
         # The hot path: a handle we do not own, one C call.
         fd = ns._fd
-        sock = _raw_socket_in(fd, family, type, proto)
-        if sock < 0:
-            sys_.socket_in_failed(sock, fd, family, type, proto, ns.what)
+        rc = _raw_socket_in(fd, family, type, proto, box)
+        if rc < 0:
+            sys_.socket_in_failed(rc, fd, family, type, proto, ns.what)
     else:
-        fd, own, what = _resolve(ns)
-        try:
-            sock = sys_.socket_in(fd, family, type, proto, what)
-        finally:
-            if own is not None:
-                own.close()
+        with resolve(ns) as res:
+            sys_.socket_in_into(box, res.fd, family, type, proto, res.what)
+    return _socket_from(box, family, type, proto)
+
+
+def _socket_from(box: Any, family: int, type: int, proto: int) -> socket.socket:
+    # socket.socket(..., fileno=fd) runs Python (its __init__) before the C
+    # part takes the fd, so an interrupt could land with the fd owned by
+    # both the box and the socket (a double close) or by neither (a leak).
+    # Build it by hand instead: the fd leaves the box and enters the socket
+    # with no point in between where an interrupt can be raised.
+    sock = _sock_new(_Socket)
+    sock._io_refs = 0  # type: ignore[attr-defined]  # what socket.socket.__init__ sets
+    sock._closed = False  # type: ignore[attr-defined]
+    fd = box[0]
+    box[0] = -1
     try:
-        return _Socket(family, type, proto, sock)
+        _sock_init(sock, family, type, proto, fd)
     except BaseException:
-        os.close(sock)
+        if sock.fileno() < 0:  # the socket never took it
+            os.close(fd)
         raise
+    return sock

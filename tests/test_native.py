@@ -209,8 +209,8 @@ def test_fresh_thread_state() -> None:
 
 
 def test_leave_without_enter_is_out_of_order() -> None:
-    assert sys_.raw_leave(1) == sys_.EORDER
-    assert sys_.raw_leave(0) == sys_.EORDER
+    assert sys_.raw_leave(1, 0) == sys_.EORDER
+    assert sys_.raw_leave(0, 0) == sys_.EORDER
     with pytest.raises(RuntimeError, match="out of order"):
         sys_.leave(1, "nothing")
     assert sys_.depth() == 0

@@ -155,7 +155,7 @@ def test_microservice_through_the_tracker(docker_client, netns, unique) -> None:
         pid = c.attrs["State"]["Pid"]
         with nslib.NsHandle.from_pid(pid) as theirs:
             assert same(p.get_namespace_handle(NetNamespace.microservice(unique)), theirs)
-        with pytest.raises(nslib.UnavailableMicroserviceError, match="not available"):
+        with pytest.raises(nslib.UnavailableMicroserviceError, match="no running container"):
             p.get_namespace_handle(NetNamespace.microservice(unique + "-none"))
     finally:
         p.close()

@@ -166,24 +166,52 @@ def test_entered_accepts_every_form(
     }[form]
     with entered(ns) as h:
         assert thread_ns() == a.ns_id
-        if form == "fd":
-            assert h is None
-        else:
-            assert h is not None and h.same_namespace(a)
-    assert thread_ns() == home_ns
-    if form in ("path", "pathlike", "reference"):
-        assert h is not None and h.closed  # entered() opened it, entered() closed it
+        # The handle given comes back; any other reference gives None: the
+        # fd entered() opened belongs to the switch, closed when it ends.
+        assert h is (a if form == "handle" else None)
+    assert thread_ns() == home_ns  # and fd_baseline: nothing left open
 
 
-def test_entered_object_is_one_shot_while_active(a: NsHandle, home_ns: NsId) -> None:
+def test_entered_object_nests_in_itself(a: NsHandle, b: NsHandle, home_ns: NsId) -> None:
     cm = entered(a)
     with cm:
-        with pytest.raises(RuntimeError, match="already active"), cm:
-            pass
+        with entered(b), cm:  # the block's state is the thread's, not the object's
+            assert thread_ns() == a.ns_id
+            assert switch_depth() == 3
         assert thread_ns() == a.ns_id
     assert thread_ns() == home_ns
-    with cm:  # reusable once exited
+    with cm:  # and reusable
         assert thread_ns() == a.ns_id
+    assert thread_ns() == home_ns
+
+
+def test_one_entered_object_shared_by_threads(
+    a: NsHandle, b: NsHandle, home_ns: NsId, fd_baseline: set[int]
+) -> None:
+    """Eight threads use one entered() object at once; each ends at home."""
+    cm = entered(a)
+    start = threading.Barrier(8)
+    results: list[Any] = []
+
+    def worker() -> None:
+        home = thread_ns()
+        start.wait()
+        ok = True
+        for _ in range(200):
+            with cm:
+                ok = ok and thread_ns() == a.ns_id
+                with entered(b):
+                    ok = ok and thread_ns() == b.ns_id
+                ok = ok and thread_ns() == a.ns_id
+            ok = ok and thread_ns() == home
+        results.append((ok, thread_ns() == home, switch_depth(), thread_poisoned()))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [(True, True, 0, False)] * 8
     assert thread_ns() == home_ns
 
 
@@ -398,11 +426,10 @@ def test_revert_from_another_thread_changes_nothing(
 
 def test_unreverted_switch_warns(a: NsHandle, home_ns: NsId) -> None:
     revert = switch_to(a)
-    depth = revert._depth
-    with pytest.warns(ResourceWarning, match="never reverted"):
+    with pytest.warns(ResourceWarning, match="moved back as its revert was collected"):
         del revert
         gc.collect()
-    assert sys_.raw_leave(depth) == 0  # clean up by hand
+    assert switch_depth() == 0
     assert thread_ns() == home_ns
 
 
@@ -488,9 +515,12 @@ def test_interrupt_right_after_leave(a: NsHandle, home_ns: NsId, fd_baseline: se
     assert revert.done  # the leave happened; the revert knows it
     assert thread_ns() == home_ns
     cm = entered(path)
-    with pytest.raises(KeyboardInterrupt), raise_after(sys_.raw_leave), cm:
+    with pytest.raises(KeyboardInterrupt), raise_after(sys_.raw_exit_block), cm:
         pass
-    assert thread_ns() == home_ns  # and fd_baseline: its own handle was closed
+    assert thread_ns() == home_ns  # and fd_baseline: the switch closed its fd
+    with cm:  # the exit machinery interrupted above was renewed
+        assert thread_ns() == a.ns_id
+    assert thread_ns() == home_ns
 
 
 # -- poisoning -------------------------------------------------------------------
@@ -1095,32 +1125,73 @@ def test_forked_child_that_closes_every_fd_still_returns_home(netns: nslib.NsHan
     assert answer == b"1", "the child was left in another namespace after leaving"
 
 
-def test_socket_in_restore_failure_is_a_restore_error(netns: nslib.NsHandle) -> None:
-    # Make the way back fail for real: swap a pipe into the number of the
-    # thread's cached home fd; the socket is made, the restore is refused.
-    box: list[BaseException | bool] = []
+def _on_fresh_thread(fn: Callable[[], Any]) -> Any:
+    box: list[Any] = []
 
     def body() -> None:
-        before = open_fds()
-        with nslib.entered(netns):
-            pass
-        (home,) = open_fds() - before  # the home fd this thread just cached
-        pr, pw = os.pipe()
-        os.dup2(pr, home)
-        os.close(pr)
-        os.close(pw)
         try:
-            nslib.socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM).close()
+            box.append((True, fn()))
         except BaseException as e:
-            box.append(e)
-        box.append(nslib.thread_poisoned())
+            box.append((False, e))
 
     t = threading.Thread(target=body)
     t.start()
     t.join()
-    err, poisoned = box
-    assert isinstance(err, nslib.NamespaceRestoreError), repr(err)
-    assert poisoned is True
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def test_home_fd_replaced_at_home_is_reopened(netns: nslib.NsHandle) -> None:
+    """Something closes the thread's cached home fd and the number goes to
+    another namespace's fd: the next switch notices (by identity) and reopens
+    home; the stranger's fd is left alone."""
+
+    def body() -> tuple[Any, ...]:
+        home = thread_ns()
+        with nslib.entered(netns):
+            pass
+        cached = sys_.home_fd()
+        with nslib.NsHandle.new() as other:
+            os.dup2(other.fileno(), cached)  # closes the home fd, reuses its number
+            with nslib.entered(netns):
+                inside = thread_ns()
+            after = thread_ns()
+            stranger = os.fstat(cached)  # still open: nslib never closed it
+            os.close(cached)
+            return (home, inside, after, (stranger.st_dev, stranger.st_ino), other.ns_id)
+
+    home, inside, after, stranger, other = _on_fresh_thread(body)
+    assert inside == netns.ns_id
+    assert after == home
+    assert stranger == other
+
+
+def test_home_fd_replaced_during_a_switch_poisons(netns: nslib.NsHandle) -> None:
+    """The home fd is replaced while the thread is switched: nslib refuses to
+    "return" into the stranger's namespace; the thread stays, poisoned."""
+
+    def body() -> tuple[Any, ...]:
+        with nslib.NsHandle.new() as other:
+            cached = -1
+            try:
+                with nslib.entered(netns):
+                    cached = sys_.home_fd()
+                    os.dup2(other.fileno(), cached)
+            except nslib.NamespaceRestoreError as e:
+                err: Any = e
+            else:
+                err = None
+            where = thread_ns()
+            os.close(cached)
+            return (err, where, nslib.thread_poisoned(), other.ns_id, switch_depth())
+
+    err, where, poisoned, other, depth = _on_fresh_thread(body)
+    assert isinstance(err, nslib.NamespaceRestoreError) and err.errno == errno.EBADF
+    assert "closed or replaced" in str(err)
+    assert where == netns.ns_id != other  # never into the stranger's namespace
+    assert poisoned and depth == 0
 
 
 def test_pinned_keeps_the_tasks_own_exception_as_cause(netns: nslib.NsHandle) -> None:
@@ -1144,7 +1215,16 @@ def test_pinned_keeps_the_tasks_own_exception_as_cause(netns: nslib.NsHandle) ->
         other.close()
 
 
-def test_bare_word_is_a_path_with_a_hint_towards_named(unique: str) -> None:
-    hint = r"NetNamespace\.named"
-    with pytest.raises(nslib.NamespaceNotFound, match=hint), nslib.entered(unique):
+def test_bare_word_is_a_named_namespace(unique: str, run_dir: str) -> None:
+    from nslib._resolve import resolve
+
+    with pytest.raises(nslib.NamespaceNotFound, match="no named namespace"), nslib.entered(unique):
         pass
+    with nslib.named.create(unique, run_dir=run_dir) as made:
+        try:
+            with resolve(unique, run_dir=run_dir) as res:
+                assert res.name == unique and res.what == f"name:{unique}"
+                with entered(res.fd):
+                    assert thread_ns() == made.ns_id
+        finally:
+            nslib.named.delete(unique, run_dir=run_dir)
