@@ -571,17 +571,19 @@ def delete(name: str, *, run_dir: str | None = None) -> None:
                 os.close(fd)
             # Unmounting was the deletion; what follows is tidying up.
             try:
-                fd = _verified(dfd, name, path)
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return  # removed by someone else after our unmount
+            if st.st_dev != nsfs_dev():
+                break  # the placeholder (the usual case: one lstat, no re-verify)
+            try:
+                fd = _verified(dfd, name, path)  # another namespace stacked below
             except (NamespaceNotFound, NotANamespace):
-                break
+                return
         else:
             os.close(fd)
             raise OSError(errno.EBUSY, f"{path} stays busy: too many mounts stacked on it", path)
-        try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError:
-            return  # removed by someone else after our unmount
-        if not stat.S_ISREG(st.st_mode) or st.st_dev == nsfs_dev():
+        if not stat.S_ISREG(st.st_mode):
             return  # not a placeholder of ours to remove
         try:
             os.unlink(name, dir_fd=dfd)
