@@ -461,7 +461,7 @@ def test_veth_declared_before_the_container_exists(
     veth = ms_conf.add_veth(
         "eth1", "nlt-w0", ns=ms, addresses=["10.250.20.2/30"], peer_addresses=["10.250.20.1/30"]
     )
-    assert veth.status is PENDING and "not available" in (veth.waiting_for or "")
+    assert veth.status is PENDING and unique in (veth.waiting_for or "")
     c = _harness().run_container(docker_client, label=unique)  # --network none
     try:
         t0 = time.monotonic()

@@ -610,3 +610,20 @@ def test_nslib_never_reaches_into_netlink_privates() -> None:
         if pattern.search(line)
     ]
     assert offenders == []
+
+
+def test_a_bare_word_is_a_named_namespace(unique, fd_baseline) -> None:
+    """As for ``ip netns`` and pyroute2: ``"blue"`` is the named namespace blue."""
+    with pytest.raises(nslib.NamespaceNotFound, match=unique):
+        nl.Session(unique)
+    h = nslib.named.create(unique)  # /run/netns: a unique name, deleted below
+    try:
+        for ref in (unique, f"name:{unique}", f"/run/netns/{unique}"):
+            with nl.Session(ref) as s:
+                assert s.ns_id == h.ns_id and unique in s.what
+        nl.add_veth("nlt-bw0", "nlt-bw1", ns=unique)
+        assert nl.list_links(unique) == nl.list_links(h)
+        assert "nlt-bw0" in nl.list_links(unique)
+    finally:
+        h.close()
+        nslib.named.delete(unique)

@@ -19,8 +19,10 @@ The module-level helpers (:func:`add_veth`, :func:`add_address`,
 for one call, wasteful for many (a session costs about as much as a
 request).  They accept the namespace as any reference: an
 :class:`~nslib.NsHandle`, a :class:`~nslib.NetNamespace` (not a
-microservice: resolve those through a plugin or tracker first), a namespace
-file path, an fd, or ``None`` for the calling thread's namespace.  Errors
+microservice: resolve those through a plugin or tracker first), a path (a
+string starting with ``/``), a reference string (``"blue"`` is the named
+namespace blue, as for ``ip netns``; ``"pid:42"``, ``"path:..."``), an fd,
+or ``None`` for the calling thread's namespace.  Errors
 are ``OSError`` subclasses by errno, with messages naming the object and the
 namespace; :class:`~nslib.LinkNotFound` and :class:`~nslib.LinkExists` are
 raised for missing and clashing interfaces.
@@ -33,7 +35,7 @@ asyncio core; see :func:`iproute`).
 
 from __future__ import annotations
 
-from ..reference import NsLike
+from .._resolve import NsRef
 from .session import (
     Address,
     Interface,
@@ -74,7 +76,7 @@ __all__ = [
 ]
 
 
-def get_link(link: LinkRef, *, ns: NsLike | None = None) -> LinkInfo:
+def get_link(link: LinkRef, *, ns: NsRef | None = None) -> LinkInfo:
     """Describe interface *link* (a name or an index) of *ns*.
 
     :raises LinkNotFound: *ns* has no such interface.
@@ -83,13 +85,13 @@ def get_link(link: LinkRef, *, ns: NsLike | None = None) -> LinkInfo:
         return s.get_link(link)
 
 
-def list_links(ns: NsLike | None = None) -> list[str]:
+def list_links(ns: NsRef | None = None) -> list[str]:
     """The names of every interface in *ns*, in index order."""
     with Session(ns) as s:
         return s.list_links()
 
 
-def set_link_up(link: LinkRef, *, ns: NsLike | None = None) -> None:
+def set_link_up(link: LinkRef, *, ns: NsRef | None = None) -> None:
     """Set interface *link* of *ns* administratively up (``ip link set up``).
 
     :raises LinkNotFound: *ns* has no such interface.
@@ -98,7 +100,7 @@ def set_link_up(link: LinkRef, *, ns: NsLike | None = None) -> None:
         s.set_link_up(link)
 
 
-def set_link_down(link: LinkRef, *, ns: NsLike | None = None) -> None:
+def set_link_down(link: LinkRef, *, ns: NsRef | None = None) -> None:
     """Set interface *link* of *ns* administratively down.
 
     :raises LinkNotFound: *ns* has no such interface.
@@ -107,7 +109,7 @@ def set_link_down(link: LinkRef, *, ns: NsLike | None = None) -> None:
         s.set_link_down(link)
 
 
-def set_mtu(link: LinkRef, mtu: int, *, ns: NsLike | None = None) -> None:
+def set_mtu(link: LinkRef, mtu: int, *, ns: NsRef | None = None) -> None:
     """Set the MTU of interface *link* of *ns*.
 
     :raises LinkNotFound: *ns* has no such interface.
@@ -117,7 +119,7 @@ def set_mtu(link: LinkRef, mtu: int, *, ns: NsLike | None = None) -> None:
         s.set_mtu(link, mtu)
 
 
-def delete_link(link: LinkRef, *, ns: NsLike | None = None, missing_ok: bool = False) -> None:
+def delete_link(link: LinkRef, *, ns: NsRef | None = None, missing_ok: bool = False) -> None:
     """Delete interface *link* of *ns* (a veth takes its peer with it).
 
     :raises LinkNotFound: *ns* has no such interface (unless *missing_ok*).
@@ -130,8 +132,8 @@ def add_veth(
     name: str,
     peer_name: str,
     *,
-    ns: NsLike | None = None,
-    peer_ns: NsLike | None = None,
+    ns: NsRef | None = None,
+    peer_ns: NsRef | None = None,
     mtu: int | None = None,
 ) -> None:
     """Create a veth pair: *name* inside *ns*, *peer_name* inside *peer_ns*.
@@ -152,7 +154,7 @@ def add_veth(
 
 
 def add_address(
-    link: LinkRef, address: Address, *, ns: NsLike | None = None, exist_ok: bool = False
+    link: LinkRef, address: Address, *, ns: NsRef | None = None, exist_ok: bool = False
 ) -> None:
     """Add *address* (``"10.0.0.1/24"``) to interface *link* of *ns*.
 
@@ -164,7 +166,7 @@ def add_address(
 
 
 def delete_address(
-    link: LinkRef, address: Address, *, ns: NsLike | None = None, missing_ok: bool = False
+    link: LinkRef, address: Address, *, ns: NsRef | None = None, missing_ok: bool = False
 ) -> None:
     """Remove *address* from interface *link* of *ns*.
 
@@ -179,7 +181,7 @@ def delete_address(
 def add_route(
     dst: str,
     *,
-    ns: NsLike | None = None,
+    ns: NsRef | None = None,
     gateway: str | None = None,
     dev: LinkRef | None = None,
     exist_ok: bool = False,
@@ -201,7 +203,7 @@ def add_route(
 def delete_route(
     dst: str,
     *,
-    ns: NsLike | None = None,
+    ns: NsRef | None = None,
     gateway: str | None = None,
     dev: LinkRef | None = None,
     missing_ok: bool = False,
@@ -214,7 +216,7 @@ def delete_route(
         s.delete_route(dst, gateway=gateway, dev=dev, missing_ok=missing_ok)
 
 
-def add_neighbour(ip: str, mac: str, *, dev: LinkRef, ns: NsLike | None = None) -> None:
+def add_neighbour(ip: str, mac: str, *, dev: LinkRef, ns: NsRef | None = None) -> None:
     """Add (or replace) a permanent ARP/NDP entry *ip* -> *mac* on *dev* in *ns*.
 
     Replacing makes it idempotent: a second call with the same entry is a
@@ -227,7 +229,7 @@ def add_neighbour(ip: str, mac: str, *, dev: LinkRef, ns: NsLike | None = None) 
 
 
 def delete_neighbour(
-    ip: str, *, dev: LinkRef, ns: NsLike | None = None, missing_ok: bool = False
+    ip: str, *, dev: LinkRef, ns: NsRef | None = None, missing_ok: bool = False
 ) -> None:
     """Delete the neighbour entry for *ip* on *dev* in *ns*.
 
@@ -239,11 +241,11 @@ def delete_neighbour(
 
 def move_link(
     link: LinkRef,
-    ns: NsLike,
+    ns: NsRef,
     *,
     new_name: str | None = None,
     keep_config: bool = True,
-    src: NsLike | None = None,
+    src: NsRef | None = None,
 ) -> LinkInfo:
     """Move interface *link* (name or index, looked up in *src*) into namespace *ns*.
 

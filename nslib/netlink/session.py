@@ -10,7 +10,9 @@ and reuse it: opening costs one ``socket(2)`` in C plus pyroute2's setup
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import ipaddress
 import os
 import socket
@@ -24,10 +26,10 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .._resolve import NsRef, resolve
 from ..errors import ClosedHandleError, LinkExists, LinkNotFound, NamespaceNotFound, NslibError
 from ..handle import NsHandle
-from ..reference import NetNamespace, NsLike
-from ..switching import _resolve, socket_in
+from ..switching import socket_in
 
 __all__ = [
     "Address",
@@ -113,18 +115,6 @@ class LinkInfo:
     addresses: tuple[Interface, ...]
 
 
-def _describe(ns: NsLike | None) -> str:
-    if ns is None:
-        return "the calling thread's namespace"
-    if isinstance(ns, NsHandle):
-        return ns.what
-    if isinstance(ns, NetNamespace):
-        return str(ns)
-    if isinstance(ns, int):
-        return f"fd {ns}"
-    return f"path:{os.fspath(ns)}"
-
-
 def _oserror(e: NetlinkError, what: str) -> OSError:
     """A netlink error as the ``OSError`` subclass its errno maps to."""
     code = e.code if isinstance(e.code, int) and e.code > 0 else errno.EIO
@@ -138,7 +128,7 @@ def _route_desc(dst: str, gateway: str | None, dev: LinkRef | None) -> str:
 # -- the socket ---------------------------------------------------------------
 
 
-def iproute(ns: NsLike | None = None) -> IPRoute:
+def iproute(ns: NsRef | None = None) -> IPRoute:
     """A ``pyroute2.IPRoute`` whose every request acts inside *ns*.
 
     The NETLINK_ROUTE socket is created inside *ns* by the C core and handed
@@ -168,16 +158,16 @@ def iproute(ns: NsLike | None = None) -> IPRoute:
         raise
 
 
-def _open_handle(ns: NsLike | None) -> NsHandle:
+def _open_handle(ns: NsRef | None) -> NsHandle:
     """A handle of our own on *ns* (the caller's handle or fd stays theirs)."""
     if ns is None:
         return NsHandle.current()
     if isinstance(ns, NsHandle):
         return ns.dup()
-    fd, own, _what = _resolve(ns)
-    if own is not None:
-        return own
-    return NsHandle.from_fd(fd)
+    with resolve(ns) as r:
+        # NsHandle() checks that it is a network namespace (a bare fd or a
+        # path may be anything) and closes the dup if it is not.
+        return NsHandle(fcntl.fcntl(r.fd, fcntl.F_DUPFD_CLOEXEC, 3), what=r.what)
 
 
 # -- the session --------------------------------------------------------------
@@ -188,9 +178,11 @@ class Session:
 
     :param ns: the namespace: an :class:`~nslib.NsHandle`, a
         :class:`~nslib.NetNamespace` (not a microservice: resolve those
-        through a plugin or tracker first), a namespace file path, an fd,
-        or ``None`` for the calling thread's namespace.  The session keeps
-        a handle of its own on it, so the caller may close theirs.
+        through a plugin or tracker first), a path (a string starting with
+        ``/``), a reference string (``"blue"`` or ``"name:blue"``,
+        ``"pid:42"``, ``"path:..."``), an fd, or ``None`` for the calling
+        thread's namespace.  The session keeps a handle of its own on it,
+        so the caller may close theirs.
 
     Creating a session costs one socket made inside *ns* by the C core (the
     calling thread never moves, nothing forks) and one ``dup`` or open of
@@ -212,7 +204,7 @@ class Session:
     :raises InvalidReference: *ns* is of a type that names no namespace.
     """
 
-    def __init__(self, ns: NsLike | None = None) -> None:
+    def __init__(self, ns: NsRef | None = None) -> None:
         self._ipr: Any = None
         self._handle = _open_handle(ns)
         try:
@@ -221,7 +213,7 @@ class Session:
             self._handle.close()
             raise
         self._tid = threading.get_ident()
-        self._what = f"{_describe(ns)} (net:[{self._handle.ns_id[1]}])"
+        self._what = f"{self._handle.what} (net:[{self._handle.ns_id[1]}])"
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -435,7 +427,7 @@ class Session:
         name: str,
         peer_name: str,
         *,
-        peer_ns: Session | NsLike | None = None,
+        peer_ns: Session | NsRef | None = None,
         mtu: int | None = None,
     ) -> None:
         """Create a veth pair: *name* here, *peer_name* in *peer_ns*.
@@ -454,16 +446,27 @@ class Session:
         check_ifname(name, "veth name")
         check_ifname(peer_name, "veth peer name")
         ipr = self._check()
-        own: NsHandle | None = None
         peer: dict[str, Any] = {"ifname": peer_name}
         peer_what = self._what
-        try:
+        with contextlib.ExitStack() as stack:
             if isinstance(peer_ns, Session):
                 peer["net_ns_fd"] = peer_ns._handle.fileno()
                 peer_what = peer_ns.what
             elif peer_ns is not None:
-                fd, own, peer_what = _resolve(peer_ns)
-                peer["net_ns_fd"] = fd
+                r = stack.enter_context(resolve(peer_ns))
+                peer["net_ns_fd"], peer_what = r.fd, r.what
+            self._add_veth(ipr, name, peer_name, peer, peer_what, mtu)
+
+    def _add_veth(
+        self,
+        ipr: Any,
+        name: str,
+        peer_name: str,
+        peer: dict[str, Any],
+        peer_what: str,
+        mtu: int | None,
+    ) -> None:
+        try:
             extra: dict[str, Any] = {}
             if mtu is not None:
                 peer["mtu"] = extra["mtu"] = mtu
@@ -475,9 +478,6 @@ class Session:
                     errno.EEXIST, f"cannot create {desc}: one of the names is taken"
                 ) from None
             raise _oserror(e, f"creating {desc}") from None
-        finally:
-            if own is not None:
-                own.close()
 
     # -- addresses, routes, neighbours -----------------------------------------
 
@@ -640,7 +640,7 @@ class Session:
     def move_link(
         self,
         link: LinkRef,
-        to: Session | NsLike,
+        to: Session | NsRef,
         *,
         new_name: str | None = None,
         keep_config: bool = True,
@@ -741,7 +741,7 @@ class Session:
 
 
 @contextmanager
-def _opened_for_move(ns: NsLike | None, link: LinkRef, role: str) -> Iterator[Session]:
+def _opened_for_move(ns: NsRef | None, link: LinkRef, role: str) -> Iterator[Session]:
     """A session for one end of a move; a missing namespace names the link too."""
     try:
         s = Session(ns)
@@ -753,7 +753,7 @@ def _opened_for_move(ns: NsLike | None, link: LinkRef, role: str) -> Iterator[Se
         yield s
 
 
-def session(ns: NsLike | None = None) -> Session:
+def session(ns: NsRef | None = None) -> Session:
     """Open a :class:`Session` on *ns* (``None``: the calling thread's namespace).
 
     :raises NamespaceNotFound: *ns* names a namespace that does not exist.
