@@ -69,6 +69,7 @@ import enum
 import errno
 import logging
 import os
+import re
 import select
 import socket
 import struct
@@ -91,6 +92,7 @@ __all__ = [
     "EventKind",
     "NamespaceEvent",
     "NamespaceMonitor",
+    "PathWatch",
     "RunDirError",
 ]
 
@@ -111,6 +113,9 @@ _DIR_MASK = (
     | _in.MOVE_SELF
     | _in.ONLYDIR
 )
+# How long after a name appears its removal may still stand for a namespace
+# that was mounted and unmounted unseen (see NamespaceMonitor._unseen).
+_UNSEEN_WINDOW = 1.0
 _GONE = _in.DELETE_SELF | _in.MOVE_SELF | _in.IGNORED | _in.UNMOUNT
 
 
@@ -172,7 +177,10 @@ class _Dir:
         self.awaited = ""  # the ancestor's child on the way to the directory
         self.ident: NsId | None = None  # (dev, ino) of the watched directory
         self.live: dict[str, NsId] = {}  # names with a namespace mounted
-        self.pending: set[str] = set()  # names present, not (yet) a namespace
+        # Names present but not (yet) a namespace -> (the mount-table generation
+        # from which on a mount on them could have gone unseen, or None once
+        # one was seen; when the name was first seen).
+        self.pending: dict[str, tuple[int | None, float]] = {}
 
 
 class NamespaceMonitor:
@@ -226,6 +234,8 @@ class NamespaceMonitor:
         # RTM_DELNSID that follows when the namespace is destroyed.
         self._former: dict[int, tuple[str, str, NsId]] = {}  # nsid -> name, run_dir, ns_id
         self._nsfs = nsfs_dev()
+        self._gen = 0  # mount-table changes seen so far
+        self._remount = False
         self._ino: INotify | None = None
         self._mounts = -1
         self._nl: socket.socket | None = None
@@ -242,6 +252,8 @@ class NamespaceMonitor:
             # change after this raises POLLPRI.  Armed before anything is read.
             self._mounts = os.open("/proc/thread-self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
             self._ep.register(self._mounts, select.EPOLLPRI)
+            self._mount_poll = select.poll()
+            self._mount_poll.register(self._mounts, select.POLLPRI)
             if nsids:
                 self._nl = socket.socket(
                     socket.AF_NETLINK,
@@ -489,15 +501,25 @@ class NamespaceMonitor:
             with self._lock:
                 if self._closed:
                     return []
+                # The mount table first: names the directory events bring are
+                # then judged against a generation that covers their mounts.
+                self._remount = self._mounts in fds or self._mounts_moved()
+                base = self._gen
+                if self._remount:
+                    self._gen += 1
                 if self._ino.fileno() in fds:
-                    self._on_inotify(out)
-                if self._mounts in fds:
+                    self._on_inotify(out, base)
+                if self._remount:
                     self._on_mounts(out)
                 if self._nl is not None and self._nl.fileno() in fds:
                     self._on_netlink(out)
             return out
 
-    def _on_inotify(self, out: list[NamespaceEvent]) -> None:
+    def _mounts_moved(self) -> bool:
+        """Whether the mount table changed since the last look (consumes the signal)."""
+        return bool(self._mount_poll.poll(0))
+
+    def _on_inotify(self, out: list[NamespaceEvent], base: int) -> None:
         assert self._ino is not None
         rearm: list[_Dir] = []
         for ev in self._ino.read(timeout=0):
@@ -514,13 +536,42 @@ class NamespaceMonitor:
                 elif ev.mask & (_in.DELETE | _in.MOVED_FROM):
                     # Removed at that point, whatever is there by now: a name
                     # removed and made again gives DELETED then ADDED.
+                    self._unseen(d, ev.name, out)
                     self._update(d, ev.name, None, False, out)
                     if os.path.lexists(os.path.join(d.path, ev.name)):
                         self._look(d, ev.name, out)
                 else:
-                    self._look(d, ev.name, out)
+                    self._look(d, ev.name, out, created=base)
         for d in rearm:
             self._arm(d, out, strict=False)
+
+    def _unseen(self, d: _Dir, name: str, out: list[NamespaceEvent]) -> None:
+        """A name removed before its mount was seen: report it if it may have had one.
+
+        Between the directory events and the mount table's signal nothing is
+        ordered, so a namespace mounted and unmounted again between two looks
+        leaves only this: its name came and went while the mount table
+        changed.  Then it is reported ADDED and DELETED with ``ns_id=None``
+        (it cannot be identified any more), as ``ip netns monitor`` reports
+        it.  A placeholder whose creation failed while other mounts changed
+        is reported too; one removed while the mount table stood still, or more
+        than a second after it appeared (a stale placeholder), is not.
+        """
+        entry = d.pending.get(name)
+        if entry is None or name in d.live:
+            return
+        since, seen = entry
+        if since is None:
+            return  # its mount was seen going
+        if time.monotonic() - seen > _UNSEEN_WINDOW:
+            return  # a placeholder that sat there: removing it is no namespace going
+        if self._gen == since and self._mounts_moved():
+            self._gen += 1
+            self._remount = True
+        if self._gen > since:
+            path = os.path.join(d.path, name)
+            out.append(NamespaceEvent(EventKind.ADDED, name, path, d.path, None))
+            out.append(NamespaceEvent(EventKind.DELETED, name, path, d.path, None))
 
     def _on_mounts(self, out: list[NamespaceEvent]) -> None:
         for d in self._dirs:
@@ -655,24 +706,41 @@ class NamespaceMonitor:
         except OSError:
             return set()
 
-    def _look(self, d: _Dir, name: str, out: list[NamespaceEvent]) -> None:
+    def _look(
+        self, d: _Dir, name: str, out: list[NamespaceEvent], created: int | None = None
+    ) -> None:
+        """Bring *name* up to date; *created*: it was just created, at that generation."""
         path = os.path.join(d.path, name)
         try:
             st = os.stat(path)
         except OSError:
-            self._update(d, name, None, False, out)
+            if name in d.live:
+                self._update(d, name, None, False, out)
+            elif created is not None:
+                d.pending.setdefault(name, (created, time.monotonic()))
+            # Otherwise its IN_DELETE (on its way) decides, see _unseen().
             return
         now = (st.st_dev, st.st_ino) if st.st_dev == self._nsfs else None
-        self._update(d, name, now, True, out)
+        self._update(d, name, now, True, out, created)
 
     def _update(
-        self, d: _Dir, name: str, now: NsId | None, present: bool, out: list[NamespaceEvent]
+        self,
+        d: _Dir,
+        name: str,
+        now: NsId | None,
+        present: bool,
+        out: list[NamespaceEvent],
+        created: int | None = None,
     ) -> None:
         old = d.live.get(name)
         if present and now is None:
-            d.pending.add(name)
+            if old is not None:  # just seen unmounted: nothing left unseen
+                d.pending[name] = (None, time.monotonic())
+            else:
+                since = self._gen if created is None else created
+                d.pending.setdefault(name, (since, time.monotonic()))
         else:
-            d.pending.discard(name)
+            d.pending.pop(name, None)
         if old == now:
             return
         path = os.path.join(d.path, name)
@@ -755,3 +823,154 @@ class NamespaceMonitor:
                 )
             if now is not None:
                 out.append(NamespaceEvent(EventKind.NSID_ADDED, name, path, d.path, ident, now))
+
+
+# -- waiting for references to change -------------------------------------------------------
+
+_PROC_NS = re.compile(r"^/proc/(\d+)(?:/task/(\d+))?/ns/net$")
+
+
+class PathWatch:
+    """Sleep until the namespace behind any of some paths may have changed.
+
+    What the :class:`~nslib.Configurator` waits on instead of polling.
+    :meth:`watch` says which paths matter; :meth:`wait` returns once one of
+    them may have changed (the caller re-checks them), when :meth:`wake` is
+    called, or after *timeout*.
+
+    * A path in a directory (a named namespace ``run_dir/NAME``, any
+      bind-mounted namespace file): a :class:`NamespaceMonitor` on its
+      directory, so creation, mount, unmount and removal all wake it.
+    * ``/proc/PID/ns/net`` and ``/proc/PID/task/TID/ns/net``: a pidfd
+      (``pidfd_open``), which wakes it when that process exits.  A process
+      that moves itself to another namespace (``setns``) without exiting is
+      not noticed.  A PID that does not exist is not waited for: it would
+      only ever come back as another process.
+    * Other paths under ``/proc`` (``/proc/self/fd/N``), and PIDs on a
+      kernel without pidfds (before Linux 5.3): looked at again every
+      *fallback_interval* seconds, the only case that wakes up on a timer.
+
+    Not thread-safe except :meth:`wake`, which any thread may call.
+    """
+
+    def __init__(self, *, fallback_interval: float = 0.05) -> None:
+        self._fallback_interval = fallback_interval
+        self._ep = select.epoll()
+        self._wake = -1
+        try:
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._ep.register(self._wake, select.EPOLLIN)
+        except BaseException:
+            self._ep.close()
+            raise
+        self._mon: NamespaceMonitor | None = None
+        self._dirs: tuple[str, ...] = ()
+        self._pidfds: dict[int, int] = {}  # pid -> pidfd
+        self._fallback = False
+        self._closed = False
+        self._lock = threading.Lock()  # wake() against close(): never write to a reused fd
+
+    def watch(self, paths: Iterable[str]) -> None:
+        """Watch exactly *paths* from now on (cheap when nothing changed)."""
+        dirs: set[str] = set()
+        pids: set[int] = set()
+        fallback = False
+        for p in paths:
+            p = os.path.abspath(p)
+            m = _PROC_NS.match(p)
+            if m:
+                pids.add(int(m.group(2) or m.group(1)))
+            elif p == "/proc" or p.startswith("/proc/"):
+                fallback = True
+            else:
+                dirs.add(os.path.dirname(p))
+        self._watch_dirs(tuple(sorted(dirs)))
+        for pid in list(self._pidfds):
+            if pid not in pids:
+                self._drop_pid(pid)
+        for pid in pids - set(self._pidfds):
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            except OSError:  # ENOSYS: a kernel without pidfds
+                fallback = True
+                continue
+            self._pidfds[pid] = fd
+            self._ep.register(fd, select.EPOLLIN)
+        self._fallback = fallback
+
+    def _watch_dirs(self, dirs: tuple[str, ...]) -> None:
+        if dirs == self._dirs:
+            return
+        if self._mon is not None:
+            assert self._mon._ep is not None
+            self._ep.unregister(self._mon._ep.fileno())
+            self._mon.close()
+            self._mon = None
+        self._dirs = dirs
+        if not dirs:
+            return
+        try:
+            self._mon = NamespaceMonitor(dirs, nsids=False)
+        except OSError as e:  # a directory that is a file, unreadable, ...
+            log.warning(
+                "cannot watch %s (%s); looking again every %g s", dirs, e, self._fallback_interval
+            )
+            self._dirs = ()
+            self._fallback = True
+            return
+        assert self._mon._ep is not None
+        self._ep.register(self._mon._ep.fileno(), select.EPOLLIN)
+
+    def _drop_pid(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid)
+        self._ep.unregister(fd)
+        os.close(fd)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until something may have changed; ``False`` if nothing woke it."""
+        if self._closed:
+            return False
+        if self._fallback:
+            timeout = (
+                self._fallback_interval
+                if timeout is None
+                else min(timeout, self._fallback_interval)
+            )
+        try:
+            ready = self._ep.poll(-1 if timeout is None else timeout)
+        except InterruptedError:
+            return True
+        mon = self._mon._ep.fileno() if self._mon is not None and self._mon._ep is not None else -1
+        for fd, _ in ready:
+            if fd == self._wake:
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(self._wake)
+            elif fd == mon and self._mon is not None:
+                while self._mon.get(0) is not None:
+                    pass
+            else:
+                for pid, pfd in list(self._pidfds.items()):
+                    if pfd == fd:
+                        self._drop_pid(pid)  # exited: readable for ever
+        return bool(ready) or self._fallback
+
+    def wake(self) -> None:
+        """Make :meth:`wait` return now (from any thread)."""
+        with self._lock:
+            if not self._closed:
+                os.eventfd_write(self._wake, 1)
+
+    def close(self) -> None:
+        """Release the fds (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._mon is not None:
+            self._mon.close()
+        for pid in list(self._pidfds):
+            self._drop_pid(pid)
+        self._ep.close()
+        os.close(self._wake)

@@ -38,10 +38,13 @@ Rules:
   same pass after a later one succeeded, so order does not matter much
   (a route declared before the veth it goes through still converges).
 * Tracker callbacks only flag work for the workers; no item ever runs on
-  the tracker's thread.  Named namespaces, paths and PIDs are watched by
-  a cheap poll (one ``stat`` per watched reference every ``poll_interval``),
-  which waits for the namespace to be *mounted*, not merely for the
-  placeholder file that ``ip netns add`` creates first.
+  the tracker's thread.  Named namespaces and paths are watched through a
+  :class:`~nslib.monitor.PathWatch` (inotify on their directory plus the
+  mount table's change notification, nothing while idle), PIDs through a
+  pidfd; each wake-up re-checks them with one ``stat`` per reference, which
+  waits for the namespace to be *mounted*, not merely for the placeholder
+  file that ``ip netns add`` creates first.  Only ``/proc`` paths other
+  than ``/proc/PID/ns/net`` are still looked at every ``poll_interval``.
 
 The configurator never creates a namespace: it waits for one.  While an
 item is applied in a named, path or PID namespace, the configurator holds
@@ -73,6 +76,7 @@ from .. import netlink as nl
 from .._docker_state import EventKind
 from .._procfs import nsfs_dev
 from ..handle import NsHandle
+from ..monitor import PathWatch
 from ..names import DEFAULT_RUN_DIR
 from ..plugin import NsPlugin
 from ..reference import NetNamespace, ReferenceType
@@ -129,8 +133,9 @@ class Configurator:
     :param on_change: called with the item after every status change, on
         the worker thread that made it.  An exception from it is logged
         (``nslib.configurator``) and otherwise ignored.
-    :param poll_interval: seconds between checks of named, path and PID
-        references.
+    :param poll_interval: seconds between checks of the references that
+        cannot be watched (``/proc`` paths such as ``/proc/self/fd/N``; PIDs
+        on kernels without pidfds).
     :param apply_timeout: how long an ``add_*`` call waits for the first
         attempt to apply its item.
 
@@ -161,6 +166,7 @@ class Configurator:
         self._seen: dict[NetNamespace, tuple[int, int] | None] = {}
         self._closed = False
         self._stop = threading.Event()
+        self._paths = PathWatch(fallback_interval=poll_interval)
         tracker: Any = plugin.tracker
         self._unsubscribe: Callable[[], None] | None = None
         if tracker is not None and hasattr(tracker, "subscribe"):
@@ -324,6 +330,7 @@ class Configurator:
         if self._unsubscribe is not None:
             self._unsubscribe()
         self._stop.set()
+        self._paths.wake()
         me = threading.current_thread()
         for t in [self._watcher] + [w.thread for w in workers]:
             if t is not me and t.ident is not None:
@@ -366,6 +373,7 @@ class Configurator:
                 if watchable(ref) and ref not in self._seen:
                     assert ref is not None
                     self._seen[ref] = self._ident(ref)
+                    self._paths.wake()  # the watcher arms a watch for it
             worker.trigger()
             if threading.current_thread() is worker.thread:
                 return item  # declared from an on_change callback: do not wait on ourselves
@@ -479,14 +487,23 @@ class Configurator:
         return (st.st_dev, st.st_ino)
 
     def _watch_main(self) -> None:
-        while not self._stop.wait(self._poll_interval):
-            with self._lock:
-                refs = list(self._seen.items())
-            for ref, seen in refs:
-                now = self._ident(ref)
-                if now == seen:
-                    continue
+        try:
+            while not self._stop.is_set():
                 with self._lock:
-                    if ref in self._seen:
-                        self._seen[ref] = now
-                        self._trigger_users(ref, False)
+                    refs = list(self._seen.items())
+                # Armed before the check: a change after it wakes the wait below.
+                self._paths.watch(self._path_of(ref) for ref, _ in refs)
+                self._check(refs)
+                self._paths.wait()
+        finally:
+            self._paths.close()
+
+    def _check(self, refs: list[tuple[NetNamespace, tuple[int, int] | None]]) -> None:
+        for ref, seen in refs:
+            now = self._ident(ref)
+            if now == seen:
+                continue
+            with self._lock:
+                if ref in self._seen:
+                    self._seen[ref] = now
+                    self._trigger_users(ref, False)
