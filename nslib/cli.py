@@ -218,6 +218,10 @@ def cmd_pids(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """``nslib ls``: every network namespace on the host."""
+    if getattr(args, "kind", None) not in (None, "net"):  # every kind: nslib.lsns
+        from ._cli_kinds import cmd_ls_kinds
+
+        return cmd_ls_kinds(args)
     from .inventory import inventory
 
     inv = inventory(run_dir=args.run_dir, docker=not args.no_docker, sockets=args.sockets)
@@ -311,6 +315,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    from ._cli_kinds import cmd_exec_kinds, kind_flags_given
+
+    if kind_flags_given(args):  # nsenter style: --target PID, --net[=FILE], ...
+        return cmd_exec_kinds(args, ([args.ref] if args.ref is not None else []) + cmd)
     if args.all:  # there is no REF: what argparse took for one is the command
         from ._cli_monitor import cmd_exec_all
 
@@ -634,12 +642,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
+    from . import _cli_kinds as _kinds
+
     ls = sub.add_parser("ls", help="list every network namespace on the host")
     ls.add_argument("--json", action="store_true", help="JSON instead of a table")
     ls.add_argument(
         "--sockets", action="store_true", help="also find namespaces held only by sockets"
     )
     ls.add_argument("--no-docker", action="store_true", help="do not ask docker for containers")
+    ls.add_argument(
+        "--kind",
+        choices=[*_kinds.kind_choices()],
+        default=None,
+        help="namespaces of this kind, or all of every kind, as lsns lists them (default net)",
+    )
     ls.set_defaults(handler=cmd_ls)
 
     add = sub.add_parser("add", help="create a named namespace (ip netns add)")
@@ -679,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--no-etc", action="store_true", help="only join the network namespace")
     ex.add_argument("--all", action="store_true", help="in every named namespace (ip -all)")
+    _kinds.add_exec_options(ex)  # --target PID, --net[=FILE], ... as nsenter
     ex.add_argument("ref", metavar="REF", nargs="?")
     ex.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER)
     ex.set_defaults(handler=cmd_exec)

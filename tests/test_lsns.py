@@ -67,11 +67,14 @@ def link_ino(pid: int | str, kind: str) -> int:
 
 def test_everything_lsns_lists_is_listed_with_the_same_facts(fd_baseline: object) -> None:
     with unshared("-fmuinpC", "--mount-proc") as pid:
+        # Other programs start and stop processes meanwhile: what lsns saw
+        # both before and after our scan was there during it.
         theirs = lsns_json()
         ours = namespaces()
+        after = {(n["type"], n["ns"]) for n in lsns_json()}
         keys = {(e.kind.proc_name, e.ino) for e in ours}
-        missing_here = [(n["type"], n["ns"]) for n in theirs if (n["type"], n["ns"]) not in keys]
-        assert missing_here == []
+        stable = [(n["type"], n["ns"]) for n in theirs if (n["type"], n["ns"]) in after]
+        assert [k for k in stable if k not in keys] == []
         # The namespaces of the target are quiet: every column agrees exactly.
         for kind in ("mnt", "uts", "ipc", "net", "pid", "cgroup"):
             ino = link_ino(pid, kind)
