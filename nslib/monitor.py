@@ -94,6 +94,7 @@ __all__ = [
     "NamespaceMonitor",
     "PathWatch",
     "RunDirError",
+    "wait_for_name",
 ]
 
 log = logging.getLogger("nslib.monitor")
@@ -974,3 +975,25 @@ class PathWatch:
             self._drop_pid(pid)
         self._ep.close()
         os.close(self._wake)
+
+
+def wait_for_name(name: str, *, run_dir: str | None = None, timeout: float) -> bool:
+    """Wait until *name* in *run_dir* is a mounted namespace, without polling.
+
+    For a name whose placeholder exists but is not mounted yet (a creation
+    in progress elsewhere).  ``True`` as soon as it is mounted (at once if
+    it already is), ``False`` after *timeout* seconds.  The run directory is
+    listed once, so this is meant for the rare wait, not a hot path.
+
+    :raises RunDirError: *run_dir* cannot be watched.
+    """
+    from .names import validate_run_dir
+
+    deadline = time.monotonic() + timeout
+    with NamespaceMonitor([validate_run_dir(run_dir)], initial=True, nsids=False) as mon:
+        while True:
+            ev = mon.get(max(0.0, deadline - time.monotonic()))
+            if ev is None:
+                return False
+            if ev.kind is EventKind.ADDED and ev.name == name:
+                return True

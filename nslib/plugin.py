@@ -250,7 +250,7 @@ class NsPlugin:
                 # or a stale placeholder: wait a little, then report.
                 if time.monotonic() >= deadline:
                     raise
-                time.sleep(0.005)
+                self._wait_mounted(name, deadline)
                 continue
             from .named import create as create_named  # only now: most never create
 
@@ -268,7 +268,13 @@ class NsPlugin:
                         "(a dangling symlink or something else that is not a namespace); "
                         "remove it to use the name"
                     ) from e
-                time.sleep(0.005)
+                self._wait_mounted(name, deadline)
+
+    def _wait_mounted(self, name: str, deadline: float) -> None:
+        # Woken by the mount itself (nslib.monitor), not by a timer.
+        from .monitor import wait_for_name
+
+        wait_for_name(name, run_dir=self._config.run_dir, timeout=deadline - time.monotonic())
 
     # -- switching --------------------------------------------------------------
 

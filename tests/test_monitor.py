@@ -531,3 +531,33 @@ def test_configurator_sees_a_pid_exit_through_a_pidfd(plugin) -> None:  # type: 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_wait_for_name_ends_with_the_mount(mon_dir: str) -> None:
+    from nslib.monitor import wait_for_name
+
+    path = os.path.join(mon_dir, "soon")
+    open(path, "w").close()
+    assert wait_for_name("soon", run_dir=mon_dir, timeout=0.1) is False  # a placeholder only
+    t = threading.Timer(0.2, mount_ns, args=(path,))
+    t.start()
+    try:
+        assert wait_for_name("soon", run_dir=mon_dir, timeout=10) is True
+    finally:
+        t.join()
+    assert wait_for_name("soon", run_dir=mon_dir, timeout=0) is True  # already mounted
+
+
+def test_plugin_lookup_waits_for_a_mount_in_progress(plugin, run_dir) -> None:  # type: ignore[no-untyped-def]
+    from nslib import NetNamespace
+
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "racing")
+    open(path, "w").close()  # another creator's placeholder, its mount still to come
+    t = threading.Timer(0.2, mount_ns, args=(path,))
+    t.start()
+    try:
+        with plugin.get_namespace_handle(NetNamespace.named("racing"), timeout=10) as h:
+            assert h.ns_id == (os.stat(path).st_dev, os.stat(path).st_ino)
+    finally:
+        t.join()
