@@ -36,11 +36,9 @@ asyncio core; see :func:`iproute`).
 from __future__ import annotations
 
 from .._resolve import NsRef
+from . import session as _session
 from .session import (
-    Address,
-    Interface,
     LinkInfo,
-    LinkRef,
     Session,
     _opened_for_move,
     check_ifname,
@@ -74,6 +72,13 @@ __all__ = [
     "set_link_up",
     "set_mtu",
 ]
+
+#: An interface, by name or by index.
+LinkRef = _session.LinkRef
+#: An address with its prefix, as :func:`parse_address` returns it.
+Interface = _session.Interface
+#: An interface address with its prefix: ``"10.0.0.1/24"`` or an ``ip_interface``.
+Address = _session.Address
 
 
 def get_link(link: LinkRef, *, ns: NsRef | None = None) -> LinkInfo:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import pyroute2
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -128,7 +129,7 @@ def _route_desc(dst: str, gateway: str | None, dev: LinkRef | None) -> str:
 # -- the socket ---------------------------------------------------------------
 
 
-def iproute(ns: NsRef | None = None) -> IPRoute:
+def iproute(ns: NsRef | None = None) -> pyroute2.IPRoute:
     """A ``pyroute2.IPRoute`` whose every request acts inside *ns*.
 
     The NETLINK_ROUTE socket is created inside *ns* by the C core and handed
@@ -245,7 +246,7 @@ class Session:
         return self._handle.dup()
 
     @property
-    def iproute(self) -> IPRoute:
+    def iproute(self) -> pyroute2.IPRoute:
         """The underlying ``pyroute2.IPRoute``, for requests this class does not cover.
 
         It belongs to the session: do not close it.
@@ -253,7 +254,7 @@ class Session:
         :raises ClosedHandleError: the session is closed.
         """
         self._check()
-        ipr: IPRoute = self._ipr
+        ipr: pyroute2.IPRoute = self._ipr
         return ipr
 
     def close(self) -> None:
