@@ -6,6 +6,8 @@
 * :class:`NetworkConfigList`, :func:`load`, :func:`load_dir` read network
   configurations.
 * :class:`Result` is a plugin's result in any spec version.
+* :class:`CNIItem` is an attachment declared to a :class:`~nslib.Configurator`
+  (:meth:`~nslib.Configurator.add_cni`): added whenever its namespace exists.
 * :mod:`nslib.cni.plugin` is the skeleton for writing plugins (Go's
   ``pkg/skel`` plus ``pkg/ns``).
 
@@ -20,6 +22,7 @@ from ..errors import CNIError
 # name -> module; every name is loaded on first use.
 _LAZY: dict[str, str] = {
     "Attachment": "runtime",
+    "CNIItem": "item",
     "CNIArgumentError": "errors",
     "CNIConfigError": "errors",
     "DNS": "result",
@@ -36,6 +39,7 @@ _LAZY: dict[str, str] = {
     "Route": "result",
     "Runtime": "runtime",
     "SUPPORTED_VERSIONS": "config",
+    "default_container_id": "item",
     "load": "config",
     "load_dir": "config",
 }

@@ -18,7 +18,6 @@ derived from REF, so ``add`` and ``del`` of the same REF pair up.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from typing import Any
 
@@ -62,7 +61,9 @@ def _container_id(args: argparse.Namespace) -> str:
         return str(args.container_id)
     if args.ref is None:
         raise CliError("without REF, --container-id is needed")
-    return "nslib-" + hashlib.sha256(str(args.ref).encode()).hexdigest()[:16]
+    from .item import default_container_id
+
+    return default_container_id(str(args.ref))
 
 
 def _ref(args: argparse.Namespace) -> Any:

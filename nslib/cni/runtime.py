@@ -285,7 +285,7 @@ class Runtime:
         ``cleanup_error`` set.
 
         :param args: ``CNI_ARGS`` pairs.
-        :param timeout: seconds for the whole chain (default :attr:`timeout`);
+        :param timeout: seconds for the whole chain (default: the runtime's ``timeout``);
             the cleanup after a failure gets its own.
         :raises CNIError: a plugin failed (the plugin's ``code``, ``msg``,
             ``details``; ``.plugin`` names it), timed out

@@ -70,7 +70,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import netlink as nl
 from .._docker_state import EventKind
@@ -96,6 +96,12 @@ from .items import (
     check_target,
 )
 from .worker import _Worker, watchable
+
+if TYPE_CHECKING:
+    import nslib.cni.runtime  # spelled out below: the docs know Runtime by two names
+
+    from ..cni.config import NetworkConfigList
+    from ..cni.item import CNIItem
 
 __all__ = [
     "ApplyContext",
@@ -251,6 +257,43 @@ class Configurator:
         Removing the item deletes the entry.
         """
         return self._add(ArpItem(ip, mac, check_target(ns, "ns"), dev))
+
+    def add_cni(
+        self,
+        netlist: NetworkConfigList | str | os.PathLike[str],
+        *,
+        ns: Target,
+        ifname: str = "eth0",
+        container_id: str | None = None,
+        runtime: nslib.cni.runtime.Runtime | None = None,
+        args: dict[str, str] | None = None,
+        capability_args: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> CNIItem:
+        """Declare a CNI attachment of *ns* to network *netlist* (a list or its file).
+
+        ADD when *ns* exists, DEL when it goes away (STOPPED, deleted) and on
+        removal, ADD again in the next namespace.  The plugins run through
+        *runtime* (default: a :class:`~nslib.cni.Runtime` with its default
+        directories) in the plugin's default namespace.  *container_id*
+        defaults to a stable hash of *ns*.  See :class:`nslib.cni.CNIItem`.
+
+        :raises CNIConfigError: *netlist* is a file that is not a valid list.
+        :raises CNIArgumentError: an invalid interface name or container ID.
+        """
+        from ..cni.item import CNIItem
+
+        item = CNIItem(
+            netlist,
+            check_target(ns, "ns"),
+            ifname,
+            container_id,
+            runtime=runtime,
+            args=args,
+            capability_args=capability_args,
+            timeout=timeout,
+        )
+        return self._add(item)
 
     def add(self, item: _I) -> _I:
         """Declare *item*, a new :class:`ConfigItem` of any kind; return it.

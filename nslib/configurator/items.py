@@ -255,6 +255,19 @@ class ConfigItem:
         """
         raise NotImplementedError
 
+    def release(self, ctx: ApplyContext) -> None:
+        """Give back what the item holds outside a namespace that went away.
+
+        Called instead of :meth:`undo` when the item was applied and a
+        namespace it was applied in is gone: the item becomes PENDING (a
+        microservice stopped, a named namespace was deleted) or is being
+        removed.  What an item made inside that namespace went with it, so
+        the default does nothing; an item that also holds something
+        elsewhere (a CNI attachment's address reservation) releases it here.
+        ``ctx.handle(None)`` still resolves.  An exception makes the item
+        FAILED (retried), or is the error of its removal.
+        """
+
 
 class VethItem(ConfigItem):
     """A veth pair: ``name`` in ``ns``, ``peer_name`` in ``peer_ns``, both up."""

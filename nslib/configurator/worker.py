@@ -198,6 +198,12 @@ class _Worker:
                 try:
                     ids = tuple(p.ns_id(ref) for ref in it.namespaces())
                 except Unresolved as u:
+                    if it.was_applied:
+                        try:
+                            it.release(p)  # its namespace went away: what it held elsewhere too
+                        except Exception as e:
+                            failed.append((it, e))
+                            continue
                     conf._update(it, ItemStatus.PENDING, waiting_for=str(u))
                     continue
                 except Exception as e:  # e.g. the plugin was closed: report, retry later
@@ -244,11 +250,15 @@ class _Worker:
         error: BaseException | None = None
         if it._applied_in is not None:
             try:
-                ids = tuple(p.ns_id(ref) for ref in it.namespaces())
+                try:
+                    ids: tuple[tuple[int, int], ...] | None
+                    ids = tuple(p.ns_id(ref) for ref in it.namespaces())
+                except Unresolved:
+                    ids = None  # its namespace is gone, and the configuration with it
                 if ids == it._applied_in:  # never undo in a namespace it was not applied in
                     it.undo(p)
-            except Unresolved:
-                pass  # its namespace is gone, and the configuration with it
+                else:
+                    it.release(p)
             except Exception as e:
                 error = e
         self.conf._update(it, ItemStatus.REMOVED, error=error)
