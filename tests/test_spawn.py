@@ -452,3 +452,41 @@ def test_preexec_fn_and_ids_refused(target: int, fd_baseline: object) -> None:
         popen(Target(target), ["true"], preexec_fn=lambda: None)
     with pytest.raises(TypeError, match="user, group"):
         popen(Target(target), ["true"], user=0)
+
+
+def test_pidfd_join_falls_back_to_the_files(target: int, fd_baseline: object) -> None:
+    # A pidfd whose process is gone: setns(pidfd) fails and the child joins
+    # through the namespace files instead, with the same result.
+    from nslib import _syscalls as sys_
+
+    kinds = [NsKind.UTS, NsKind.NET]
+    fds = [os.open(f"/proc/{target}/ns/{k.proc_name}", os.O_RDONLY | os.O_CLOEXEC) for k in kinds]
+    r, w = os.pipe()
+    try:
+        stale = subprocess.Popen(["sleep", "30"])
+        stale_fd = os.pidfd_open(stale.pid)
+        stale.kill()
+        stale.wait()
+        try:
+            pid, step, _kind, err = sys_.spawn(
+                [b"sh", b"-c", b"hostname; readlink /proc/self/ns/net"],
+                None,
+                [b"/bin/sh"],
+                [(fd, k.flag) for fd, k in zip(fds, kinds, strict=True)],
+                pidfd=stale_fd,
+                pidfd_types=NsKind.UTS.flag | NsKind.NET.flag,
+                stdio=(-1, w, -1),
+            )
+        finally:
+            os.close(stale_fd)
+        assert (step, err) == (0, 0) and pid > 0
+        os.close(w)
+        w = -1
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        out = os.read(r, 4096).decode()
+        assert out == f"{HOSTNAME}\n{os.readlink(f'/proc/{target}/ns/net')}\n"
+    finally:
+        for fd in [*fds, r, w]:
+            if fd >= 0:
+                os.close(fd)
