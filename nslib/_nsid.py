@@ -223,7 +223,8 @@ def nsid(name: str, *, run_dir: str | None = None, ns: NsLike | None = None) -> 
     *ns* is the viewing namespace: ``None`` (the default) is the calling
     thread's, which is what ``ip netns list-id`` shows; any namespace
     reference (``NetNamespace.named("red")``, looked up in *run_dir*, a
-    handle, a path, ...) gives ``ip -n red netns list-id``'s view.  ``None`` when that namespace has no nsid for it.
+    handle, a path, ...) gives ``ip -n red netns list-id``'s view.
+    ``None`` when that namespace has no nsid for it.
 
     :raises NamespaceNotFound: no such name.
     :raises NotANamespace: a stale placeholder.

@@ -561,3 +561,27 @@ def test_plugin_lookup_waits_for_a_mount_in_progress(plugin, run_dir) -> None:  
             assert h.ns_id == (os.stat(path).st_dev, os.stat(path).st_ino)
     finally:
         t.join()
+
+
+def test_cli_prints_like_ip_netns_monitor_and_escapes(mon_dir: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nslib.cli", "--run-dir", mon_dir, "monitor"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None and "watching" in proc.stderr.readline()
+        path = os.path.join(mon_dir, "evil\x1b[2J")
+        open(path, "w").close()
+        ident = mount_ns(path)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0  # SIGTERM is the normal way to stop
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+    escaped = os.path.join(mon_dir, "evil\\x1b[2J")
+    assert line == f"add {escaped}  nsid -  net:[{ident[1]}]\n"
