@@ -130,6 +130,14 @@ class LabelTable(Generic[T]):
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def get(self, container_id: str) -> T | None:
+        """The running instance of container *container_id*, or None."""
+        return self._by_id.get(container_id)
+
+    def instances(self) -> list[T]:
+        """Every running labelled container known (winners and other claimants)."""
+        return list(self._by_id.values())
+
     def ids(self) -> set[str]:
         """IDs of all running labelled containers known."""
         return set(self._by_id)

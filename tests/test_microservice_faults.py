@@ -43,6 +43,13 @@ def tracked(dockerd: Any, docker_client: Any) -> Iterator[Tracked]:
         yield tr
 
 
+@pytest.fixture
+def events_only(dockerd: Any, docker_client: Any) -> Iterator[Tracked]:
+    """A tracker without pidfd watching: it learns only from the daemon."""
+    with tracking(dockerd, watch_processes=False) as tr:
+        yield tr
+
+
 def settle(client: Any, timeout: float = 30.0) -> None:
     """Wait until no container is between runs of its restart policy."""
 
@@ -134,14 +141,16 @@ def _ns(pid: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("overflow", [False, True], ids=["replay", "ring-overflow"])
 def test_forced_reconnect_with_missed_events(
-    tracked: Tracked, docker_client: Any, unique: str, overflow: bool
+    events_only: Tracked, docker_client: Any, unique: str, overflow: bool
 ) -> None:
     """Break the stream, change things while nobody listens, reconnect.
 
     ``replay``: ``since`` replays what was missed.  ``ring-overflow``: more
     than 256 other events push the missed ones out of the daemon's history,
-    so only the resync after reconnecting can repair the map.
+    so only the resync after reconnecting can repair the map.  (Without
+    pidfd watching, which would see the kill at once.)
     """
+    tracked = events_only
     t, log = tracked.tracker, tracked.log
     a = run(docker_client, f"{unique}-a")
     c = run(docker_client, f"{unique}-c")
@@ -374,3 +383,26 @@ def test_randomized_churn_with_daemon_restart(
         # The schedule really exercised something.
         assert len([e for e in tr.log.snapshot() if e.label.startswith(unique)]) >= 5, ops_done
         del want
+
+
+def test_stop_seen_through_the_pidfd_while_the_daemon_is_frozen(
+    dockerd: Any, tracked: Tracked, docker_client: Any, unique: str
+) -> None:
+    """A wedged daemon sends no event; the process's pidfd still says it stopped."""
+    t, log = tracked.tracker, tracked.log
+    c = run(docker_client, unique)
+    log.wait_kinds(unique, ["STARTED"])
+    pid = t.snapshot()[unique].pid
+    exits = t.health().process_exits
+    os.kill(dockerd.pid, signal.SIGSTOP)
+    try:
+        os.kill(pid, signal.SIGKILL)  # the container's PID 1 dies; dockerd cannot tell
+        log.wait_kinds(unique, ["STARTED", "STOPPED"], timeout=10)
+        assert unique not in t.snapshot()
+        assert t.health().process_exits == exits + 1
+        ev = log.last(unique)
+        assert ev.daemon_time_ns is not None and ev.microservice.container_id == c.id
+    finally:
+        os.kill(dockerd.pid, signal.SIGCONT)
+    assert_consistent(tracked, docker_client)
+    assert t.health().process_exits == exits + 1  # the daemon's die changed nothing more

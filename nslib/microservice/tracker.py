@@ -49,10 +49,11 @@ import logging
 import os
 import queue
 import re
+import select
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -345,6 +346,8 @@ class TrackerHealth:
     resyncs: int
     callback_errors: int
     """Exceptions raised by callbacks (each logged, none stops delivery)."""
+    process_exits: int = 0
+    """Stops seen first through a container process's pidfd (before any daemon event)."""
 
 
 # ----------------------------------------------------------------------------
@@ -368,6 +371,112 @@ _DISCONNECTED = _Marker("disconnected")
 @dataclass(frozen=True, slots=True)
 class _Resync:
     generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Exited:
+    """The process of a tracked run ended (its pidfd became readable)."""
+
+    container_id: str
+    pid: int
+    time_ns: int
+
+
+class _ExitWatcher:
+    """Watches the processes of the tracked runs through pidfds (one epoll thread).
+
+    A process's end is known the moment it happens, from the kernel, even
+    when the runtime's daemon is down or wedged and sends no event.
+    """
+
+    def __init__(self, on_exit: Callable[[_Exited], None]) -> None:
+        self._on_exit = on_exit
+        self._ep = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._ep.register(self._wake_r, select.EPOLLIN)
+        self._lock = threading.Lock()
+        self._by_key: dict[tuple[str, int], int] = {}  # (cid, pid) -> pidfd
+        self._by_fd: dict[int, tuple[str, int]] = {}
+        self._closed = False
+        self.thread = threading.Thread(target=self._main, name="nslib-ms-pidfd", daemon=True)
+
+    def track(self, runs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Watch exactly *runs* (``(container ID, pid)``); return those already gone."""
+        want = set(runs)
+        gone: list[tuple[str, int]] = []
+        with self._lock:
+            if self._closed:
+                return []
+            for key in [k for k in self._by_key if k not in want]:
+                self._drop(key)
+            for key in want - self._by_key.keys():
+                try:
+                    fd = sys_.pidfd_open(key[1])
+                except NamespaceNotFound:
+                    gone.append(key)
+                    continue
+                except OSError:
+                    continue  # no pidfds here: the daemon's events still tell
+                # The PID may have been reused between the runtime's answer and
+                # pidfd_open: the process must be the container's.
+                try:
+                    with open(f"/proc/{key[1]}/cgroup", "rb") as f:
+                        mine = _names_container(f.read().decode(errors="replace"), key[0])
+                except OSError:
+                    mine = False
+                if not mine:
+                    os.close(fd)
+                    gone.append(key)
+                    continue
+                self._by_key[key] = fd
+                self._by_fd[fd] = key
+                self._ep.register(fd, select.EPOLLIN)
+        return gone
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        fd = self._by_key.pop(key)
+        del self._by_fd[fd]
+        with contextlib.suppress(OSError):
+            self._ep.unregister(fd)
+        os.close(fd)
+
+    def _main(self) -> None:
+        while True:
+            try:
+                ready = self._ep.poll()
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):  # closed under us
+                return
+            exited: list[_Exited] = []
+            with self._lock:
+                if self._closed:
+                    return
+                for fd, _mask in ready:
+                    key = self._by_fd.get(fd)
+                    if key is not None:
+                        self._drop(key)
+                        exited.append(_Exited(key[0], key[1], time.time_ns()))
+            for ev in exited:
+                self._on_exit(ev)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for key in list(self._by_key):
+                self._drop(key)
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(_JOIN_TIMEOUT)
+        self._ep.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
 
 @dataclass(slots=True)
@@ -395,6 +504,7 @@ class _Counters:
     duplicates: int = 0
     resyncs: int = 0
     callback_errors: int = 0
+    process_exits: int = 0
 
 
 @dataclass(slots=True)
@@ -432,6 +542,9 @@ class MicroserviceTracker:
         None disables them.
     :param since_margin: Seconds replayed before the newest event seen when
         reconnecting (events can be stamped slightly out of order).
+    :param watch_processes: Hold a pidfd for every tracked container process
+        and report STOPPED the moment one ends, even when the runtime's
+        daemon is down or wedged and sends no event.
     :raises ValueError: no label rule, a bad interval or margin, or both
         *client* and *source*.
 
@@ -450,6 +563,7 @@ class MicroserviceTracker:
         label_key: str | None = None,
         resync_interval: float | None = 300.0,
         since_margin: float = 2.0,
+        watch_processes: bool = True,
     ) -> None:
         if not label_env and not label_key:
             raise ValueError("give label_env or label_key (or both)")
@@ -491,6 +605,8 @@ class MicroserviceTracker:
         self._reconnect_gate: threading.Event | None = None
         self._threads: list[threading.Thread] = []
         self._dispatcher: threading.Thread | None = None
+        self._watch_processes = watch_processes
+        self._watcher: _ExitWatcher | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -514,6 +630,9 @@ class MicroserviceTracker:
             threading.Thread(target=self._worker_main, name="nslib-ms-worker", daemon=True),
             threading.Thread(target=self._reader_main, name="nslib-ms-reader", daemon=True),
         ]
+        if self._watch_processes:
+            self._watcher = _ExitWatcher(self._events_q.put)
+            self._watcher.start()
         for t in self._threads:
             t.start()
         return self
@@ -542,6 +661,8 @@ class MicroserviceTracker:
         if gate is not None:
             gate.set()
         me = threading.current_thread()
+        if self._watcher is not None:
+            self._watcher.close()
         self._source.close()  # after this, a worker call in flight fails fast
         for t in self._threads:
             if t is not me:
@@ -678,6 +799,7 @@ class MicroserviceTracker:
                 duplicates_dropped=c.duplicates,
                 resyncs=c.resyncs,
                 callback_errors=c.callback_errors,
+                process_exits=c.process_exits,
             )
 
     # -- subscriptions --------------------------------------------------------
@@ -901,6 +1023,8 @@ class MicroserviceTracker:
                     retry = min(retry * 2, _BACKOFF_MAX)
             elif item is _DISCONNECTED:
                 resync_due = None
+            elif isinstance(item, _Exited):
+                self._apply_exit(item)
             elif isinstance(item, SourceEvent):
                 batch = [item]
                 while True:  # coalesce what is already queued: one inspect per container
@@ -987,6 +1111,7 @@ class MicroserviceTracker:
             changes = self._table.update(truth)
             self._table.forget(gone)
             self._publish(changes, cause)
+        self._watch()
         return ok
 
     def _resync(self, generation: int) -> bool:
@@ -1015,7 +1140,30 @@ class MicroserviceTracker:
                 self._in_sync = True
                 self._synced_once = True
             self._changed.notify_all()
+        self._watch()
         return True
+
+    def _watch(self) -> None:
+        """Make the pidfd watcher follow exactly the runs in the table."""
+        if self._watcher is None:
+            return
+        with self._lock:
+            runs = [(ms.container_id, ms.pid) for ms in self._table.instances()]
+        now = time.time_ns()
+        for cid, pid in self._watcher.track(runs):
+            self._events_q.put(_Exited(cid, pid, now))
+
+    def _apply_exit(self, ex: _Exited) -> None:
+        """A tracked process ended: that run is over, whatever the daemon says (or not)."""
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            current = self._table.get(ex.container_id)
+            if current is None or current.pid != ex.pid:
+                return  # already known, or a newer run
+            changes = self._table.update({ex.container_id: None})
+            self._counters.process_exits += 1
+            self._publish(changes, {ex.container_id: ex.time_ns})
 
     def _publish(self, changes: list[Change[Microservice]], cause: Mapping[str, int]) -> None:
         # Caller holds self._lock: state change and queueing are one step,
