@@ -52,12 +52,25 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeGuard
 
 from . import _syscalls as sys_
 from ._resolve import NsRef, Resolved, Tracker, parse, resolve
 from .errors import DockerUnavailableError
 from .reference import NetNamespace, ReferenceType
+
+if TYPE_CHECKING:
+    from .spawn import Namespaces
+
+
+def _several(ref: object) -> TypeGuard[Namespaces]:
+    # A Target or {NsKind: ref}: several namespaces, nsenter style (nslib.spawn).
+    from collections.abc import Mapping
+
+    from .kinds import Target
+
+    return isinstance(ref, Target | Mapping)
+
 
 __all__ = [
     "ETC_NETNS_DIR",
@@ -233,7 +246,7 @@ def _abandon(done: Any, box: list[Any]) -> None:
 
 
 def popen(
-    ref: NsRef,
+    ref: NsRef | Namespaces,
     argv: _Argv,
     *,
     etc: bool = True,
@@ -267,8 +280,18 @@ def popen(
     :raises PermissionError: not allowed to join the namespace or to mount.
     :raises OSError: what :class:`subprocess.Popen` raises (a missing program
         is a :class:`FileNotFoundError`).
+
+    *ref* may also be a :class:`~nslib.Target` or a mapping from
+    :class:`~nslib.NsKind` to references, for several namespaces at once as
+    ``nsenter`` does: that is :func:`nslib.spawn.popen` (*etc*, *tracker*
+    and *run_dir* do not apply; its ``root``, ``cwd`` and
+    ``preserve_credentials`` may be given here).
     """
-    target = _resolve_target(ref, tracker, run_dir)
+    if _several(ref):
+        from .spawn import popen as spawn_popen
+
+        return spawn_popen(ref, argv, **popen_kwargs)
+    target = _resolve_target(ref, tracker, run_dir)  # type: ignore[arg-type]
     try:
         proc: subprocess.Popen[Any] = _spawn(
             target, etc, lambda: subprocess.Popen(argv, **popen_kwargs)
@@ -279,7 +302,7 @@ def popen(
 
 
 def run(
-    ref: NsRef,
+    ref: NsRef | Namespaces,
     argv: _Argv,
     *,
     etc: bool = True,

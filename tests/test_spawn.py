@@ -119,7 +119,11 @@ def no_zombies() -> list[str]:
     """Children of this process that exited and were never reaped."""
     found = []
     for tid in os.listdir("/proc/self/task"):
-        for pid in Path(f"/proc/self/task/{tid}/children").read_text().split():
+        try:
+            children = Path(f"/proc/self/task/{tid}/children").read_text().split()
+        except FileNotFoundError:
+            continue  # a thread that just ended
+        for pid in children:
             with contextlib.suppress(OSError):
                 if state(int(pid)) == "Z":
                     found.append(pid)
@@ -490,3 +494,16 @@ def test_pidfd_join_falls_back_to_the_files(target: int, fd_baseline: object) ->
         for fd in [*fds, r, w]:
             if fd >= 0:
                 os.close(fd)
+
+
+def test_nslib_popen_and_run_take_a_target_or_a_mapping(target: int, fd_baseline: object) -> None:
+    out = nslib.run(Target(target), ["hostname"], capture_output=True, text=True, check=True)
+    assert out.stdout == f"{HOSTNAME}\n"
+    with nslib.popen({"uts": f"/proc/{target}/ns/uts"}, ["hostname"], stdout=subprocess.PIPE) as p:
+        assert isinstance(p, NsPopen)
+        stdout, _ = p.communicate()
+    assert stdout == f"{HOSTNAME}\n".encode()
+    # A single network reference keeps its ip netns exec meaning.
+    with nslib.NsHandle.new() as net:
+        plain = nslib.run(net, ["readlink", "/proc/self/ns/net"], capture_output=True, text=True)
+        assert plain.stdout.strip() == f"net:[{net.ns_id[1]}]"
