@@ -36,8 +36,10 @@ _EXTERNAL = (
 nitpick_ignore_regex = [
     (r"py:.*", rf"({_EXTERNAL})(\..+)?"),
     (r"py:.*", r"(.+\.)?_\w+(\..+)?"),  # private: nslib._syscalls, nslib.plugin._Tracker
-    (r"py:.*", r"(typing\.)?~?[A-Z]|nslib\.\w+\.[A-Z]"),  # TypeVars and ParamSpecs
-    (r"py:class", r"NsLike"),  # a private type alias in signatures
+    (r"py:.*", r"(typing\.)?~?[A-Z](\.args|\.kwargs)?|nslib\.\w+\.[A-Z]"),  # TypeVars, ParamSpecs
+    # Type aliases and the tracker protocol as signatures name them; the
+    # docstrings say in words what they accept.
+    (r"py:class", r"NsLike|Namespaces|Tracker"),
     (r"py:class", r"nl\..+"),  # the configurator's short name for nslib.netlink
 ]
 
