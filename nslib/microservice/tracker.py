@@ -956,9 +956,10 @@ class MicroserviceTracker:
                 counters.events_received += 1
                 put(ev)
         except Exception as e:  # a broken connection: a disconnect like any other
-            self._note_error(
-                f"reading {self._source.name} events failed: {self._source.describe_error(e)}"
-            )
+            if not self._stopping.is_set():  # else: stop() closed the stream under us
+                self._note_error(
+                    f"reading {self._source.name} events failed: {self._source.describe_error(e)}"
+                )
         finally:
             with self._stream_lock:
                 self._stream = None

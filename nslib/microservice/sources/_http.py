@@ -138,10 +138,16 @@ class LineStream:
         self._conn = conn
         self._resp = resp
         self._sock = conn.sock
+        self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
-            line = self._resp.readline()
+            try:
+                line = self._resp.readline()
+            except Exception:
+                if self._closed:  # close() tore the response down under us
+                    return
+                raise
             if not line:
                 return
             if line.strip():
@@ -149,6 +155,7 @@ class LineStream:
 
     def close(self) -> None:
         """Shut the socket down (a blocked reader returns at once) and close it."""
+        self._closed = True
         sock = self._sock
         if sock is not None:
             with contextlib.suppress(OSError):
