@@ -316,8 +316,13 @@ def _idle_wakeups(run_dir: str, count: int, window: float, private: bool) -> int
         assert proc.stdout is not None
         for _ in range(count):  # the initial batch: it is up and has listed everything
             proc.stdout.readline()
-        time.sleep(0.5)
         before = _switches(proc.pid)
+        for _ in range(40):  # settled: a loaded host may still be preempting its start-up
+            time.sleep(0.5)
+            now = _switches(proc.pid)
+            if now == before:
+                break
+            before = now
         time.sleep(window)
         return _switches(proc.pid) - before
     finally:
