@@ -8,7 +8,14 @@
 
 from __future__ import annotations
 
-from .base import ContainerState, EventStream, Source, SourceEvent, SourceNotFound
+from .base import (
+    ContainerState,
+    EventStream,
+    Source,
+    SourceEvent,
+    SourceNotFound,
+    SourceUnavailable,
+)
 from .docker import DockerSource
 
 __all__ = [
@@ -20,6 +27,7 @@ __all__ = [
     "Source",
     "SourceEvent",
     "SourceNotFound",
+    "SourceUnavailable",
 ]
 
 
