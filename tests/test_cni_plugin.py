@@ -32,12 +32,26 @@ BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
 
 def install_example(directory: Path) -> Path:
-    """Copy the example into *directory*, run by this interpreter."""
-    body = EXAMPLE.read_text().split("\n", 1)[1]
-    p = directory / "nslib-veth"
-    p.write_text(f"#!{sys.executable} -I\n{body}")
-    p.chmod(0o755)
-    return p
+    """Install the example into *directory* (lean start-up, this interpreter)."""
+    return Path(plugin.install(EXAMPLE, directory))
+
+
+def test_install_writes_a_lean_runnable_script(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_text(
+        '#!/usr/bin/env python3\n"""A plugin."""\n\nfrom __future__ import annotations\n\n'
+        "import sys\n\nimport nslib.cni.plugin\n\n"
+        "print(sys.flags.no_site, sys.flags.isolated, 'site' in sys.modules)\n"
+    )
+    (tmp_path / "bin").mkdir()
+    dest = Path(plugin.install(src, tmp_path / "bin", name="p"))
+    assert dest == tmp_path / "bin" / "p"
+    assert dest.stat().st_mode & 0o777 == 0o755
+    assert dest.read_text().startswith(f"#!{sys.executable} -IS\n")
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": "/nonexistent"}
+    out = subprocess.run([str(dest)], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["1", "1", "False"]  # no site, isolated, nslib still found
+    assert [p.name for p in (tmp_path / "bin").iterdir()] == ["p"]  # no temporary left
 
 
 # -- main(): the skeleton, in-process ------------------------------------------

@@ -27,7 +27,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ import pytest
 from helpers import missing
 
 import nslib
-from nslib.cni import Runtime
+from nslib.cni import Runtime, plugin
 
 pytestmark = [pytest.mark.root, pytest.mark.docker]
 
@@ -134,9 +133,7 @@ class Podman:
 def _plugin_dir(base: Path) -> Path:
     d = base / "plugins"
     d.mkdir()
-    text = EXAMPLE.read_text().split("\n", 1)[1]
-    (d / "nslib-veth").write_text(f"#!{sys.executable}\n{text}")
-    (d / "nslib-veth").chmod(0o755)
+    plugin.install(EXAMPLE, d)  # what a user would do (lean start-up, this Python)
     return d
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CNIConfigError, IncompatibleVersionError
+from .errors import CNIConfigError, IncompatibleVersionError, version_tuple
 
 __all__ = [
     "SUPPORTED_VERSIONS",
@@ -35,17 +35,6 @@ NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 _TYPE_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 
 _EXTENSIONS = (".conf", ".conflist", ".json")
-
-
-def version_tuple(v: str) -> tuple[int, int, int]:
-    """``"0.4.0"`` -> ``(0, 4, 0)``.
-
-    :raises IncompatibleVersionError: not a spec version string.
-    """
-    parts = v.split(".") if isinstance(v, str) else []
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise IncompatibleVersionError(f"not a CNI version: {v!r}")
-    return (int(parts[0]), int(parts[1]), int(parts[2]))
 
 
 def _check_version(v: object, path: str | None, fld: str) -> str:

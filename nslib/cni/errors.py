@@ -96,3 +96,14 @@ class CNIArgumentError(CNIError, ValueError):
 
     def __init__(self, msg: str) -> None:
         super().__init__(ERR_INVALID_ENV, msg)
+
+
+def version_tuple(v: str) -> tuple[int, int, int]:
+    """``"0.4.0"`` -> ``(0, 4, 0)``.
+
+    :raises IncompatibleVersionError: not a spec version string.
+    """
+    parts = v.split(".") if isinstance(v, str) else []
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise IncompatibleVersionError(f"not a CNI version: {v!r}")
+    return (int(parts[0]), int(parts[1]), int(parts[2]))

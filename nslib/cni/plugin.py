@@ -25,10 +25,13 @@ errors become code 999 with the exception's text).
 
 The import path is kept short on purpose: a plugin process lives for a few
 milliseconds, so nothing here imports pyroute2, docker or :mod:`subprocess`.
+:func:`install` puts a plugin script into a plugin directory with a start-up
+line that skips what a plugin does not need (``site``, ``.pth`` files).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -52,6 +55,7 @@ __all__ = [
     "delegate_add",
     "delegate_check",
     "delegate_del",
+    "install",
     "main",
 ]
 
@@ -361,3 +365,76 @@ def delegate_del(req: Request) -> None:
     :raises CNIError: the IPAM plugin's error.
     """
     delegate(req, _ipam_type(req), "DEL")
+
+
+# -- installing a plugin script ------------------------------------------------------
+
+
+def install(
+    script: str | os.PathLike[str],
+    plugin_dir: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    python: str | None = None,
+) -> str:
+    """Copy plugin *script* into *plugin_dir* (as *name*) with a lean start-up line.
+
+    A runtime execs the plugin for every ADD, CHECK and DEL, so its start-up
+    is most of its cost.  The copy starts with ``#!<python> -IS`` (no
+    ``site``: no ``.pth`` files, no editable-install finder, no user site)
+    and then puts back on ``sys.path`` only the directories this
+    interpreter imports nslib and its compiled dependency (cffi's backend)
+    from.  That saves about 20 ms per call in a virtualenv with an editable
+    install.  The script's own first line (its ``#!``) is replaced.
+
+    :param python: the interpreter (default: the one running this).
+    :returns: the installed file's path (mode 0755, written atomically).
+    :raises OSError: *script* cannot be read or *plugin_dir* written.
+    """
+    import ast
+    import importlib.util
+
+    src = os.fspath(script)
+    with open(src, encoding="utf-8") as f:
+        text = f.read()
+    if text.startswith("#!"):
+        text = text.partition("\n")[2]
+    paths: list[str] = []
+    for module in ("nslib", "_cffi_backend"):
+        spec = importlib.util.find_spec(module)
+        origin = spec.origin if spec is not None else None
+        if origin is None:
+            continue
+        # A package's parent directory; a plain module's directory.
+        d = os.path.dirname(os.path.dirname(origin) if module == "nslib" else origin)
+        if d not in paths:
+            paths.append(d)
+    exe = python or sys.executable
+    # After the docstring and any `from __future__` import, which must come first.
+    after = 0
+    for i, node in enumerate(ast.parse(text).body):
+        doc = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        if not (doc or (isinstance(node, ast.ImportFrom) and node.module == "__future__")):
+            break
+        after = node.end_lineno or after
+    lines = text.splitlines(keepends=True)
+    text = (
+        f"#!{exe} -IS\n"
+        + "".join(lines[:after])
+        + "import sys  # nslib.cni.plugin.install: no site; nslib from here\n"
+        + f"sys.path[:0] = {paths!r}\n"
+        + "".join(lines[after:])
+    )
+    dest = os.path.join(os.fspath(plugin_dir), name or os.path.basename(src))
+    tmp = f"{dest}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o755)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(tmp, 0o755)  # whatever the umask
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return dest

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import version_tuple
-from .errors import CNIError, IncompatibleVersionError
+# Not from .config: a plugin process would load the config parser for one function.
+from .errors import CNIError, IncompatibleVersionError, version_tuple
 
 __all__ = ["DNS", "IPConfig", "Interface", "Result", "Route"]
 
