@@ -12,8 +12,8 @@ r"""The ``nslib`` command: network namespaces from a shell.
     nslib exec --all [--no-etc] -- CMD...         ip -all netns exec
     nslib monitor [--json] [--initial]            ip netns monitor, plus nsids
     nslib netns set NAME NSID | list-id           ip netns set / list-id
-    nslib ms ls [--json]                          the microservice map
-    nslib ms watch [--json]                       stream tracker events until Ctrl-C
+    nslib ms ls [--json] [--source S]             the microservice map
+    nslib ms watch [--json] [--source S]          stream tracker events until Ctrl-C
     nslib bench [ARGS...]                         the benchmark report
     nslib demo [ARGS...]                          the guided demo
 
@@ -355,18 +355,124 @@ def _reference(text: str) -> Any:
 # -- verbs: microservices -----------------------------------------------------------
 
 
-def _tracker() -> Any:
+#: The runtimes ``nslib ms --source`` accepts.
+SOURCES = ("docker", "podman", "containerd")
+
+
+def _source_spec(text: str) -> str:
+    """The ``--source`` argument type: ``docker``, ``podman`` or ``containerd[:NAMESPACE]``."""
+    kind, colon, ns = text.partition(":")
+    if kind not in SOURCES or (colon and (kind != "containerd" or not ns)):
+        raise argparse.ArgumentTypeError(
+            f"not a source: {_safe(text)!s} (docker, podman or containerd[:NAMESPACE])"
+        )
+    return text
+
+
+def _podman_url() -> str:
+    # As podman's own remote client: CONTAINER_HOST, when it names a local socket.
+    from .microservice.sources.podman import DEFAULT_PODMAN_URL
+
+    host = os.environ.get("CONTAINER_HOST", "")
+    return host if host.startswith("unix://") else DEFAULT_PODMAN_URL
+
+
+def _containerd_address() -> str:
+    # As ctr: CONTAINERD_ADDRESS.
+    return os.environ.get("CONTAINERD_ADDRESS") or "/run/containerd/containerd.sock"
+
+
+def _answers(url: str) -> bool:
+    """Whether something accepts a connection at *url* (a unix socket or tcp://host:port)."""
+    import socket
+
+    try:
+        if url.startswith("tcp://"):
+            host, _, port = url[len("tcp://") :].rpartition(":")
+            socket.create_connection((host or "localhost", int(port)), timeout=1.0).close()
+            return True
+        if url.startswith(("ssh://", "http://", "https://")):
+            return True  # let the client say
+        path = url[len("unix://") :] if url.startswith("unix://") else url
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            s.connect(path)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _make_source(spec: str | None) -> Any:
+    """The source ``--source`` names; without one, the first runtime that answers.
+
+    The default tries docker (``DOCKER_HOST``, else its socket), then podman
+    (``CONTAINER_HOST``, else the rootful socket), then containerd
+    (``CONTAINERD_ADDRESS``, else its socket, namespace ``default``).
+    """
+    from .microservice.sources import DockerSource
+
+    if spec is None:
+        docker_url = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        if _answers(docker_url):
+            return DockerSource()
+        if _answers(_podman_url()):
+            spec = "podman"
+        elif _answers(_containerd_address()):
+            spec = "containerd"
+        else:
+            raise CliError(
+                f"docker daemon not reachable at {docker_url}, and no podman at "
+                f"{_podman_url()} nor containerd at {_containerd_address()} either\n"
+                "nslib: start one, or name it with --source docker|podman|containerd[:NAMESPACE]"
+            )
+    kind, _, ns = spec.partition(":")
+    if kind == "docker":
+        return DockerSource()
+    if kind == "podman":
+        from .microservice.sources.podman import PodmanSource
+
+        return PodmanSource(_podman_url())
+    from .microservice.sources.containerd import ContainerdSource
+
+    try:
+        return ContainerdSource(_containerd_address(), ns or "default")
+    except ImportError as e:  # the extra is missing; the message names the pip command
+        raise CliError(str(e)) from None
+
+
+def _tracker(spec: str | None = None) -> Any:
     from .microservice import MicroserviceTracker
     from .process import wait_synced
 
-    tracker = MicroserviceTracker()
+    source = _make_source(spec)
+    tracker = MicroserviceTracker(source=source)
     tracker.start()
     try:
-        wait_synced(tracker, DOCKER_TIMEOUT)
+        if source.kind == "docker":
+            wait_synced(tracker, DOCKER_TIMEOUT)
+        else:
+            _wait_synced(tracker, source, DOCKER_TIMEOUT)
     except BaseException:
         tracker.stop()
         raise
     return tracker
+
+
+def _wait_synced(tracker: Any, source: Any, timeout: float) -> None:
+    """As :func:`nslib.process.wait_synced`, naming *source* rather than docker."""
+    import time
+
+    where = getattr(source, "url", None) or getattr(source, "address", "?")
+    deadline = time.monotonic() + timeout
+    while not tracker.wait_in_sync(0.05):
+        health = tracker.health()
+        if health.last_error and not health.connected:
+            raise CliError(f"{source.kind} not reachable at {where}: {health.last_error}")
+        if time.monotonic() >= deadline:
+            why = health.last_error or "no answer"
+            raise CliError(
+                f"{source.kind} not reachable at {where}: no sync within {timeout:g} s ({why})"
+            )
 
 
 def _ms_dict(ms: Any) -> dict[str, Any]:
@@ -378,12 +484,20 @@ def _ms_dict(ms: Any) -> dict[str, Any]:
         "network_mode": ms.network_mode,
         "created": ms.created.isoformat(),
         "started_at": ms.started_at.isoformat(),
+        "source": ms.source,
+        "pod": ms.pod,
     }
+
+
+def _short_id(ms: Any) -> str:
+    # Docker and podman IDs are 64 hex digits; containerd's are names: whole.
+    cid: str = ms.container_id
+    return cid if ms.source.startswith("containerd") else cid[:12]
 
 
 def cmd_ms_ls(args: argparse.Namespace) -> int:
     """``nslib ms ls``: the label -> container map."""
-    tracker = _tracker()
+    tracker = _tracker(args.source)
     try:
         snap = tracker.snapshot()
         claims = {label: tracker.claimants(label) for label in snap}
@@ -403,15 +517,16 @@ def cmd_ms_ls(args: argparse.Namespace) -> int:
         rows.append(
             [
                 label,
-                ms.container_id[:12],
+                _short_id(ms),
                 ms.name,
+                ms.source,
                 str(ms.pid),
                 ms.network_mode,
                 ms.created.strftime("%Y-%m-%d %H:%M:%S"),
                 f"{others} other claimant(s)" if others > 0 else "-",
             ]
         )
-    _table(["LABEL", "CONTAINER", "NAME", "PID", "NETWORK", "CREATED", "CONFLICT"], rows)
+    _table(["LABEL", "CONTAINER", "NAME", "SOURCE", "PID", "NETWORK", "CREATED", "CONFLICT"], rows)
     return EXIT_OK
 
 
@@ -436,10 +551,10 @@ def cmd_ms_watch(args: argparse.Namespace) -> int:
             ms = ev.microservice
             line = (
                 f"{ev.kind.value.upper():9} {_safe(ev.label)}  container "
-                f"{_safe(ms.container_id[:12])} ({_safe(ms.name)}) pid {ms.pid}"
+                f"{_safe(_short_id(ms))} ({_safe(ms.name)}) pid {ms.pid} [{_safe(ms.source)}]"
             )
             if ev.claimants:
-                line += f"  claimants: {', '.join(c.container_id[:12] for c in ev.claimants)}"
+                line += f"  claimants: {', '.join(_safe(_short_id(c)) for c in ev.claimants)}"
         with lock:
             try:
                 sys.stdout.write(line + "\n")
@@ -451,7 +566,7 @@ def cmd_ms_watch(args: argparse.Namespace) -> int:
     def on_term(signum: int, frame: object) -> None:
         stop.set()
 
-    tracker = _tracker()
+    tracker = _tracker(args.source)
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         tracker.subscribe(on_event, replay=True)
@@ -708,14 +823,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_cni(sub)  # cni add|check|del|status|ls
 
-    ms = sub.add_parser("ms", help="microservices (docker containers with MICROSERVICE_LABEL)")
+    ms = sub.add_parser("ms", help="microservices (containers with MICROSERVICE_LABEL)")
     ms_sub = ms.add_subparsers(dest="ms_command", metavar="COMMAND", parser_class=_Parser)
     ms_sub.required = True
+    source_help = (
+        "the runtime: docker, podman or containerd[:NAMESPACE] (default: the first that "
+        "answers of docker (DOCKER_HOST), podman (CONTAINER_HOST), containerd (CONTAINERD_ADDRESS))"
+    )
     ms_ls = ms_sub.add_parser("ls", help="print the label -> container map")
     ms_ls.add_argument("--json", action="store_true", help="JSON instead of a table")
+    ms_ls.add_argument("--source", type=_source_spec, default=None, help=source_help)
     ms_ls.set_defaults(handler=cmd_ms_ls)
     ms_watch = ms_sub.add_parser("watch", help="stream tracker events until Ctrl-C (exit status 0)")
     ms_watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    ms_watch.add_argument("--source", type=_source_spec, default=None, help=source_help)
     ms_watch.set_defaults(handler=cmd_ms_watch)
 
     # Everything after `bench` / `demo` is passed on untouched (see main()).
