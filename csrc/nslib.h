@@ -103,5 +103,6 @@ struct nslib_spawn_err {
 };
 
 int nslib_spawn(const struct nslib_spawn_req *req, struct nslib_spawn_err *out);
-int nslib_open_kind(int dirfd, const char *path, int want, int *nstype);
+int nslib_open_kind(int dirfd, const char *path, int want, int *nstype, int *out);
+int nslib_pidfd_ns(int pidfd, int nstype, int *out);
 int nslib_check_kind(int fd, int want, int *nstype);

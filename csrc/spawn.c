@@ -113,8 +113,12 @@ int nslib_check_kind(int fd, int want, int *nstype)
 	return (want == 0 || type == want) ? 0 : NSLIB_KIND_EWRONGTYPE;
 }
 
-/* open + check in one call, so a rejected file never leaks its fd. */
-int nslib_open_kind(int dirfd, const char *path, int want, int *nstype)
+/*
+ * open + check in one call, so a rejected file never leaks its fd.  The fd
+ * also goes into *out, a box that owns it until Python takes it (see
+ * nslib_fdbox_close in nslib.c).
+ */
+int nslib_open_kind(int dirfd, const char *path, int want, int *nstype, int *out)
 {
 	int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 	int rc, err;
@@ -129,6 +133,47 @@ int nslib_open_kind(int dirfd, const char *path, int want, int *nstype)
 		errno = err;
 		return rc;
 	}
+	*out = fd;
+	return fd;
+}
+
+/*
+ * The namespace of type `nstype` of the process a pidfd refers to, straight
+ * from the pidfd (PIDFD_GET_*_NAMESPACE, Linux 6.11+): no /proc path, so no
+ * PID that could be reused.  -1 with ENOTTY (or EINVAL) on older kernels.
+ */
+int nslib_pidfd_ns(int pidfd, int nstype, int *out)
+{
+	unsigned long req;
+	int fd;
+
+	switch (nstype) {
+	case CLONE_NEWCGROUP: req = _IO(0xFF, 1); break;
+	case CLONE_NEWIPC: req = _IO(0xFF, 2); break;
+	case CLONE_NEWNS: req = _IO(0xFF, 3); break;
+	case CLONE_NEWNET: req = _IO(0xFF, 4); break;
+	case CLONE_NEWPID: req = _IO(0xFF, 5); break;
+	case CLONE_NEWTIME: req = _IO(0xFF, 7); break;
+	case CLONE_NEWUSER: req = _IO(0xFF, 9); break;
+	case CLONE_NEWUTS: req = _IO(0xFF, 10); break;
+	default:
+		errno = EINVAL;
+		return -1;
+	}
+	fd = ioctl(pidfd, req, 0);
+	if (fd < 0)
+		return -1;
+	if (fd < 3 || !(fcntl(fd, F_GETFD) & FD_CLOEXEC)) {
+		/* Never a standard stream, always close-on-exec. */
+		int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3), err = errno;
+
+		close(fd);
+		errno = err;
+		if (moved < 0)
+			return -1;
+		fd = moved;
+	}
+	*out = fd;
 	return fd;
 }
 

@@ -395,18 +395,43 @@ def _kind_failed(rc: int, want: int, nstype: int, what: str, path: str | None) -
     raise oserror(err, what, path)
 
 
-def open_kind(path: bytes, want: int, what: str, dirfd: int = AT_FDCWD) -> tuple[int, int]:
-    """Open *path* O_CLOEXEC as a namespace of type *want* (0: any); ``(fd, type)``.
+def open_kind_into(box: object, path: bytes, want: int, what: str, dirfd: int = AT_FDCWD) -> int:
+    """Open *path* O_CLOEXEC into *box* (:func:`fd_box`) as a namespace of type *want*.
+
+    *want* 0 accepts any kind.  Returns the namespace's CLONE_NEW* type.
 
     :raises NotANamespace: not a namespace, or one of another type (its
         ``nstype`` says which).
     :raises NamespaceNotFound: no such file (ENOENT, ESRCH).
     """
     nstype = ffi.new("int *")
-    fd = lib.nslib_open_kind(dirfd, path, want, nstype)
+    fd = lib.nslib_open_kind(dirfd, path, want, nstype, box)
     if fd < 0:
         _kind_failed(fd, want, nstype[0], what, os.fsdecode(path))
-    return fd, int(nstype[0])
+    return int(nstype[0])
+
+
+def open_kind(path: bytes, want: int, what: str, dirfd: int = AT_FDCWD) -> tuple[int, int]:
+    """:func:`open_kind_into`, for a caller that owns the fd at once: ``(fd, type)``."""
+    box = fd_box()
+    nstype = open_kind_into(box, path, want, what, dirfd)
+    return take(box), nstype
+
+
+def pidfd_ns_into(box: object, pidfd: int, nstype: int) -> bool:
+    """The namespace of type *nstype* of a pidfd's process into *box* (Linux 6.11+).
+
+    False on kernels without ``PIDFD_GET_*_NAMESPACE`` (the caller falls back).
+
+    :raises NamespaceNotFound: the process has exited (ESRCH).
+    :raises OSError: any other failure, with its errno.
+    """
+    if lib.nslib_pidfd_ns(pidfd, nstype, box) >= 0:
+        return True
+    err = ffi.errno
+    if err in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise oserror(err, f"the {_NSTYPES.get(nstype, hex(nstype))} namespace of pidfd {pidfd}")
 
 
 def check_kind(fd: int, want: int, what: str) -> int:
