@@ -225,6 +225,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from .inventory import inventory
 
     inv = inventory(run_dir=args.run_dir, docker=not args.no_docker, sockets=args.sockets)
+    _propagation_note(args.run_dir)
     if args.json:
         _json(inv.to_dict())
         return EXIT_OK
@@ -268,6 +269,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for note in notes:
         sys.stderr.write(f"nslib: note: {note}\n")
     return EXIT_OK
+
+
+def _propagation_note(run_dir: str | None) -> None:
+    """One line on stderr when the run directory does not share names with the host."""
+    from ._propagation import run_dir_propagation
+    from .names import DEFAULT_RUN_DIR
+
+    p = run_dir_propagation(run_dir or DEFAULT_RUN_DIR)
+    if not p.ok:
+        _write(sys.stderr, f"nslib: warning: {_safe(p.message())}\n")
 
 
 def _holders(ns: Any) -> str:

@@ -42,6 +42,7 @@ from . import _syscalls as sys_
 # nsids (ip netns set / list-id): each call says which namespace's table it means.
 from ._nsid import NsidTaken, list_ids, nsid, set_nsid
 from ._procfs import MountInfo, nsfs_dev, read_mountinfo
+from ._propagation import warn_if_private
 from .errors import InvalidReference, NamespaceExists, NamespaceNotFound, NotANamespace, oserror
 from .handle import NsHandle
 from .names import validate_name, validate_run_dir
@@ -366,10 +367,21 @@ def create(name: str, *, run_dir: str | None = None) -> NsHandle:
         the existing namespace is untouched.
     :raises PermissionError: no CAP_SYS_ADMIN.
     :raises OSError: the run directory cannot be set up (read-only, ...).
+
+    Warns (``RuntimeWarning``) when this process runs in a mount namespace
+    of its own whose run directory does not propagate mounts to and from
+    the host's (a container or DaemonSet without ``rshared``): the name
+    then exists only here (``nslib ls`` says so too).
     """
     validate_name(name)
-    made = _name_onto(name, _dir(run_dir), None)
+    d = _dir(run_dir)
+    made = _name_onto(name, d, None)
     assert made is not None
+    try:
+        warn_if_private(d)  # a run dir the host never sees: say so (cached, ~9 us)
+    except BaseException:  # warnings turned into errors: the handle must not leak
+        made.close()
+        raise
     return made
 
 
