@@ -387,9 +387,8 @@ def _kind_failed(rc: int, want: int, nstype: int, what: str, path: str | None) -
         raise NotANamespace(f"not a namespace: {what}")
     if rc == _KIND_EWRONGTYPE:
         have = _NSTYPES.get(nstype, hex(nstype))
-        wrong = NotANamespace(
-            f"a {have} namespace, not a {_NSTYPES.get(want, hex(want))} namespace: {what}"
-        )
+        wanted = "network" if want == CLONE_NEWNET else _NSTYPES.get(want, hex(want))
+        wrong = NotANamespace(f"a {have} namespace, not a {wanted} namespace: {what}")
         wrong.nstype = nstype
         raise wrong
     raise oserror(err, what, path)

@@ -1,4 +1,4 @@
-"""``NsHandle``: an owned file descriptor of a network namespace."""
+"""``NsHandle``: an owned file descriptor of a namespace (network, unless a kind is named)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,39 @@ from .errors import (
     NamespaceNotFound,
     NotANamespace,
 )
+from .kinds import NsKind, Pidfd
 from .names import DEFAULT_RUN_DIR, validate_name
 
 __all__ = ["NsHandle"]
 
 _FD_MAX = 2**31 - 1
+_NET = 0x40000000  # CLONE_NEWNET: what every handle is unless it says otherwise
+KindArg = NsKind | str | None  # a kind, its name, or None (any kind)
+
+
+def _want(kind: KindArg) -> int:
+    """The CLONE_NEW* flag *kind* asks for; 0 for ``None`` (any kind)."""
+    if kind is None:
+        return 0
+    return NsKind.parse(kind).flag
+
+
+def _kind_name(nstype: int) -> str:
+    try:
+        return NsKind(nstype).proc_name
+    except ValueError:
+        return hex(nstype)
+
+
+def _open_kind(path: bytes, want: int, what: str, *, gone: str | None = None) -> NsHandle:
+    box = sys_.fd_box()
+    try:
+        nstype = sys_.open_kind_into(box, path, want, what)
+    except NamespaceNotFound as e:
+        if gone is None:
+            raise
+        raise NamespaceNotFound(e.errno, gone, e.filename) from None
+    return _from_box(box, what, nstype)
 
 
 def _positive(value: object, what: str) -> int:
@@ -82,11 +110,12 @@ def open_name_into(box: Any, name: str, run_dir: str | None, what: str) -> None:
         ) from None
 
 
-def _from_box(box: Any, what: str) -> NsHandle:
+def _from_box(box: Any, what: str, nstype: int = _NET) -> NsHandle:
     # A function call is a point where an interrupt may land: until the two
     # plain statements that move the fd, the box still owns it.
     self = NsHandle.__new__(NsHandle)
     self._what = what
+    self._nstype = nstype
     self._fd = box[0]
     box[0] = -1
     return self
@@ -94,7 +123,12 @@ def _from_box(box: Any, what: str) -> NsHandle:
 
 @final
 class NsHandle:
-    """An owned, close-on-exec fd referring to a network namespace.
+    """An owned, close-on-exec fd referring to a namespace.
+
+    A network namespace unless the constructor was given another *kind*
+    (:class:`~nslib.kinds.NsKind`): every constructor and call that does
+    not name a kind means NET, and refuses another kind with
+    :class:`~nslib.NotANamespace`.  :attr:`kind` says which it is.
 
     A handle keeps its namespace alive for as long as it is open, exactly as
     the kernel does for any fd.  Close it (or use it as a context manager);
@@ -104,20 +138,21 @@ class NsHandle:
     :attr:`ns_id`.
     """
 
-    __slots__ = ("__weakref__", "_fd", "_what")
+    __slots__ = ("__weakref__", "_fd", "_nstype", "_what")
 
-    def __init__(self, fd: int, *, what: str | None = None) -> None:
-        """Take ownership of *fd*, which must be a network namespace.
+    def __init__(self, fd: int, *, what: str | None = None, kind: KindArg = "net") -> None:
+        """Take ownership of *fd*, a namespace of *kind* (``None``: any kind).
 
-        :raises NotANamespace: *fd* is not a network namespace (*fd* is then
-            closed, since ownership was passed).
+        :raises NotANamespace: *fd* is not a namespace of that kind (*fd* is
+            then closed, since ownership was passed).
         :raises BadFdError: *fd* is negative, too large or not open.
         """
         self._fd = -1  # first, so __del__ is safe if we raise below
         self._what = what or f"fd {fd}"
+        self._nstype = _NET
         check_fd(fd)
         try:
-            sys_.check_netns(fd, self._what)
+            self._nstype = sys_.check_kind(fd, _want(kind), self._what)
         except BaseException:
             if fd >= 0:
                 # Ownership was passed, so close it; a bad fd has nothing to close.
@@ -132,44 +167,64 @@ class NsHandle:
         self = cls.__new__(cls)
         self._fd = fd
         self._what = what
+        self._nstype = _NET
         return self
 
     # -- constructors -------------------------------------------------------
 
     @classmethod
-    def current(cls) -> NsHandle:
-        """The calling *thread's* namespace (``/proc/thread-self/ns/net``)."""
+    def current(cls, kind: KindArg = "net") -> NsHandle:
+        """The calling *thread's* namespace of *kind* (``/proc/thread-self/ns/KIND``)."""
+        want = _want(kind)
+        if want == 0:
+            raise InvalidReference("current() needs a kind of namespace, not None")
+        if want != _NET:
+            what = f"the calling thread's {_kind_name(want)} namespace"
+            path = b"/proc/thread-self/ns/" + _kind_name(want).encode()
+            return _open_kind(path, want, what)
         box = sys_.fd_box()
         sys_.open_current_into(box)
         return _from_box(box, "the calling thread's namespace")
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike[str]) -> NsHandle:
+    def from_path(cls, path: str | os.PathLike[str], kind: KindArg = "net") -> NsHandle:
         """Open a namespace file: ``/proc/<pid>/ns/net``, a bind mount, ...
 
+        Checked with ``NS_GET_NSTYPE`` to be of *kind* (``None``: any kind,
+        which :attr:`kind` then tells).
+
         :raises NamespaceNotFound: the path does not exist.
-        :raises NotANamespace: the file is not a network namespace.
+        :raises NotANamespace: the file is not a namespace of that kind.
         :raises InvalidReference: the path contains a NUL byte.
         """
         what = f"path:{os.fspath(path)}"
+        want = _want(kind)
+        if want != _NET:
+            return _open_kind(sys_.encode_path(path, what), want, what)
         box = sys_.fd_box()
         open_path_into(box, path, what)
         return _from_box(box, what)
 
     @classmethod
-    def from_pid(cls, pid: int) -> NsHandle:
-        """The namespace of process *pid* (its main thread).
+    def from_pid(cls, pid: int, kind: KindArg = "net") -> NsHandle:
+        """The namespace of *kind* of process *pid* (its main thread).
 
         :raises NamespaceNotFound: no such process (it never existed or exited).
         """
         what = f"pid:{pid}"
+        want = _want(kind)
+        if want not in (0, _NET):
+            _positive(pid, "pid")
+            name = _kind_name(want).encode()
+            what = f"the {_kind_name(want)} namespace of pid {pid}"
+            return _open_kind(b"/proc/%d/ns/%s" % (pid, name), want, what, gone=f"no process {pid}")
         box = sys_.fd_box()
         open_pid_into(box, pid, what)
         return _from_box(box, what)
 
     @classmethod
-    def from_thread(cls, pid: int, tid: int) -> NsHandle:
-        """The namespace of thread *tid* of process *pid*.
+    def from_thread(cls, pid: int, tid: int, kind: KindArg = "net") -> NsHandle:
+        """The namespace of *kind* of thread *tid* of process *pid*.
 
         :raises NamespaceNotFound: no such process, or *tid* is not one of its
             threads.
@@ -177,11 +232,16 @@ class NsHandle:
         _positive(pid, "pid")
         _positive(tid, "tid")
         what = f"thread {tid} of pid {pid}"
-        path = b"/proc/%d/task/%d/ns/net" % (pid, tid)
+        want = _want(kind)
+        name = _kind_name(want or _NET).encode()
+        path = b"/proc/%d/task/%d/ns/%s" % (pid, tid, name)
         box = sys_.fd_box()
         try:
-            sys_.open_netns_into(box, path, what)
-            return _from_box(box, what)
+            if want == _NET:
+                sys_.open_netns_into(box, path, what)
+                return _from_box(box, what)
+            nstype = sys_.open_kind_into(box, path, want or _NET, what)
+            return _from_box(box, what, nstype)
         except NamespaceNotFound as e:
             msg = f"no thread {tid} in process {pid}"
             if not os.path.exists(f"/proc/{pid}"):
@@ -204,16 +264,65 @@ class NsHandle:
         return _from_box(box, what)
 
     @classmethod
-    def from_fd(cls, fd: int) -> NsHandle:
+    def from_fd(cls, fd: int, kind: KindArg = "net") -> NsHandle:
         """A new handle on a *dup* of *fd*; the caller keeps its own fd.
 
         :raises BadFdError: *fd* is negative, too large or not open (an
             ``OSError`` with EBADF).
-        :raises NotANamespace: *fd* is not a network namespace.
+        :raises NotANamespace: *fd* is not a namespace of *kind* (``None``: any).
         """
         check_fd(fd)
-        sys_.check_netns(fd, f"fd {fd}")
-        return _dup(fd, f"fd {fd}")
+        nstype = sys_.check_kind(fd, _want(kind), f"fd {fd}")
+        return _dup(fd, f"fd {fd}", nstype)
+
+    @classmethod
+    def from_pidfd(cls, pidfd: Pidfd | int, kind: KindArg = "net") -> NsHandle:
+        """The namespace of *kind* of the process a pidfd refers to.
+
+        *pidfd* is a :class:`~nslib.kinds.Pidfd` or an int pidfd.  A pidfd
+        cannot come to mean another process, so neither can the handle: on
+        Linux 6.11+ the kernel hands the namespace over the pidfd itself
+        (``PIDFD_GET_*_NAMESPACE``); before, ``/proc/<pid>/ns`` is opened and
+        the pidfd checked afterwards to still refer to a live process.
+
+        :raises NamespaceNotFound: the process has exited.
+        :raises NotANamespace: *kind* is ``None`` (a kind must be named).
+        """
+        want = _want(kind)
+        if want == 0:
+            raise InvalidReference("from_pidfd() needs a kind of namespace, not None")
+        owned = None
+        if isinstance(pidfd, Pidfd):
+            fd, pid = pidfd.fileno(), pidfd.pid
+        else:
+            fd = check_fd(pidfd)
+            pid = _pidfd_pid(fd)
+            owned = Pidfd(os.dup(fd), pid) if pid > 0 else None
+        name = _kind_name(want)
+        what = f"the {name} namespace of pid {pid}"
+        try:
+            box = sys_.fd_box()
+            if sys_.pidfd_ns_into(box, fd, want):
+                return _from_box(box, what, want)
+            if pid <= 0:
+                raise NamespaceNotFound(errno.ESRCH, f"the process of pidfd {fd} has exited")
+            checker = pidfd if isinstance(pidfd, Pidfd) else owned
+            assert checker is not None
+            path = b"/proc/%d/ns/%s" % (pid, name.encode())
+            try:
+                h = _open_kind(path, want, what)
+            except NamespaceNotFound:
+                checker.alive_check()
+                raise
+            try:
+                checker.alive_check()  # the PID still named the pidfd's process
+            except BaseException:
+                h.close()
+                raise
+            return h
+        finally:
+            if owned is not None:
+                owned.close()
 
     @classmethod
     def new(cls) -> NsHandle:
@@ -255,7 +364,12 @@ class NsHandle:
 
     def dup(self) -> NsHandle:
         """A new handle on a close-on-exec duplicate of the fd."""
-        return _dup(self.fileno(), self._what)
+        return _dup(self.fileno(), self._what, self._nstype)
+
+    @property
+    def kind(self) -> NsKind:
+        """The :class:`~nslib.kinds.NsKind` of the namespace (NET unless asked otherwise)."""
+        return NsKind(self._nstype)
 
     @property
     def what(self) -> str:
@@ -283,9 +397,10 @@ class NsHandle:
         self.close()
 
     def __repr__(self) -> str:
+        kind = "" if self._nstype == _NET else f" {_kind_name(self._nstype)}"
         if self._fd < 0:
-            return f"<NsHandle closed ({self._what})>"
-        return f"<NsHandle fd={self._fd} ({self._what})>"
+            return f"<NsHandle{kind} closed ({self._what})>"
+        return f"<NsHandle{kind} fd={self._fd} ({self._what})>"
 
     def __getstate__(self) -> Any:
         raise TypeError("an NsHandle owns an fd and cannot be pickled")
@@ -297,7 +412,19 @@ class NsHandle:
             warnings.warn(text, ResourceWarning, stacklevel=2, source=self)
 
 
-def _dup(fd: int, what: str) -> NsHandle:
+def _dup(fd: int, what: str, nstype: int = _NET) -> NsHandle:
     box = sys_.fd_box()
     sys_.dup_into(box, fd, what)
-    return _from_box(box, what)
+    return _from_box(box, what, nstype)
+
+
+def _pidfd_pid(fd: int) -> int:
+    """The PID a pidfd refers to (``Pid:`` in its fdinfo); -1 once it has exited."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    raise NotANamespace(f"fd {fd} is not a pidfd")

@@ -52,7 +52,7 @@ def test_kind_order_and_names() -> None:
 
 
 def test_check_kind_refuses_other_kinds_and_non_namespaces(fd_baseline: object) -> None:
-    with pytest.raises(NotANamespace, match="a uts namespace, not a net namespace") as info:
+    with pytest.raises(NotANamespace, match="a uts namespace, not a network namespace") as info:
         sys_.open_kind(b"/proc/thread-self/ns/uts", NsKind.NET.flag, "uts as net")
     assert info.value.nstype == NsKind.UTS.flag
     with pytest.raises(NotANamespace, match="not a namespace"):
@@ -157,3 +157,78 @@ def test_target_value() -> None:
         Target(1, kinds=[])
     with pytest.raises(InvalidReference, match="not a kind"):
         Target(1, kinds=["bogus"])
+
+
+# -- NsHandle of any kind ---------------------------------------------------------
+
+
+def test_handles_know_their_kind(fd_baseline: object) -> None:
+    from nslib import NsHandle
+
+    me = os.getpid()
+    for kind in ALL_KINDS:
+        link = os.readlink(f"/proc/thread-self/ns/{kind.proc_name}")
+        ino = int(link.split("[")[1][:-1])
+        handles = [
+            NsHandle.current(kind),
+            NsHandle.from_pid(me, kind=kind),
+            NsHandle.from_thread(me, me, kind=kind.proc_name),
+            NsHandle.from_path(f"/proc/thread-self/ns/{kind.proc_name}", kind=None),
+        ]
+        with Pidfd.open(me) as pidfd:
+            handles.append(NsHandle.from_pidfd(pidfd, kind))
+            handles.append(NsHandle.from_pidfd(pidfd.fileno(), kind))
+        handles.append(NsHandle.from_fd(handles[0].fileno(), kind=kind))
+        handles.append(handles[0].dup())
+        try:
+            for h in handles:
+                assert h.kind is kind, h
+                assert h.ns_id[1] == main_thread_ino(kind) or h.ns_id[1] == ino
+                head = "<NsHandle fd=" if kind is NsKind.NET else f"<NsHandle {kind.proc_name} fd="
+                assert repr(h).startswith(head), h
+        finally:
+            for h in handles:
+                h.close()
+
+
+def main_thread_ino(kind: NsKind) -> int:
+    return os.stat(f"/proc/self/ns/{kind.proc_name}").st_ino
+
+
+def test_handles_mean_net_unless_told(fd_baseline: object) -> None:
+    from nslib import NsHandle
+
+    with NsHandle.current() as net:
+        assert net.kind is NsKind.NET
+    with pytest.raises(NotANamespace, match="a uts namespace, not a network namespace"):
+        NsHandle.from_path("/proc/thread-self/ns/uts")
+    with NsHandle.current("uts") as uts:
+        with pytest.raises(NotANamespace, match="a uts namespace, not a network namespace"):
+            NsHandle.from_fd(uts.fileno())
+        with pytest.raises(NotANamespace, match="a uts namespace, not a ipc namespace"):
+            NsHandle.from_fd(uts.fileno(), kind="ipc")
+        with pytest.raises(NotANamespace):
+            NsHandle(os.dup(uts.fileno()))  # ownership passed: closed on refusal
+        owned = NsHandle(os.dup(uts.fileno()), kind="uts")
+        assert owned.kind is NsKind.UTS
+        owned.close()
+    with pytest.raises(InvalidReference):
+        NsHandle.current(None)
+    with pytest.raises(InvalidReference, match="not a kind"):
+        NsHandle.from_pid(os.getpid(), kind="nett")
+
+
+def test_handle_from_the_pidfd_of_an_exited_process(fd_baseline: object) -> None:
+    from nslib import NsHandle
+
+    child = subprocess.Popen(["sleep", "30"])
+    with Pidfd.open(child.pid) as pidfd:
+        raw = os.dup(pidfd.fileno())
+        child.kill()
+        child.wait()
+        try:
+            for ref in (pidfd, raw):
+                with pytest.raises(NamespaceNotFound):
+                    NsHandle.from_pidfd(ref, "uts")
+        finally:
+            os.close(raw)
