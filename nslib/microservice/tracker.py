@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import queue
@@ -201,10 +203,13 @@ class Microservice:
     def open_namespace(self, *, allow_shared: bool = False) -> NsHandle:
         """Open this container's network namespace; never someone else's.
 
-        The process is pinned by a ``/proc/<pid>`` directory fd; its
-        ``cgroup`` file, read through that fd, must name the container, and
-        ``ns/net`` is opened through the same fd.  If the process exits at
-        any point, the fd gives ESRCH rather than following a reused PID.
+        The process is pinned by a pidfd; its ``cgroup`` must name the
+        container, and the namespace comes from the pidfd itself
+        (``ioctl(PIDFD_GET_NET_NAMESPACE)``, Linux 6.11+), so a PID reused
+        at any point can never hand out another process's namespace.  On
+        older kernels the process is pinned by a ``/proc/<pid>`` directory
+        fd instead, and ``cgroup`` and ``ns/net`` are read through it (the
+        fd gives ESRCH once the process exits).
 
         Shared namespaces:
 
@@ -237,26 +242,9 @@ class Microservice:
                 f"{what} runs with --network host: its namespace is the host's; "
                 "pass allow_shared=True to open it anyway"
             )
-        try:
-            dfd = os.open(f"/proc/{self.pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except (FileNotFoundError, ProcessLookupError):
-            raise UnavailableMicroserviceError(f"{what}: the process has exited") from None
-        try:
-            try:
-                cgroup = _read_at(dfd, "cgroup")
-            except (FileNotFoundError, ProcessLookupError):
-                raise UnavailableMicroserviceError(f"{what}: the process has exited") from None
-            if not _names_container(cgroup, self.container_id):
-                raise UnavailableMicroserviceError(
-                    f"{what}: process {self.pid} is not in the container's cgroup "
-                    "(the container stopped and its PID was reused?)"
-                )
-            try:
-                fd = sys_.open_netns(b"ns/net", what, dirfd=dfd)
-            except NamespaceNotFound:
-                raise UnavailableMicroserviceError(f"{what}: the process has exited") from None
-        finally:
-            os.close(dfd)
+        fd = _netns_by_pidfd(self.pid, self.container_id, what)
+        if fd is None:
+            fd = _netns_by_proc(self.pid, self.container_id, what)
         handle = NsHandle._adopt(fd, what)
         if not allow_shared and self.network_mode != "host":
             try:
@@ -275,6 +263,81 @@ class Microservice:
                     f"mode {self.network_mode!r}); pass allow_shared=True to open it anyway"
                 )
         return handle
+
+
+# linux/pidfd.h (6.11+): PIDFD_GET_NET_NAMESPACE = _IO(PIDFS_IOCTL_MAGIC 0xFF, 4).
+# Debian 12's kernel headers (6.1) do not have it; the tests check that it
+# returns exactly /proc/<pid>/ns/net.
+PIDFD_GET_NET_NAMESPACE: Final = 0xFF04
+_pidfd_ns_works = True  # cleared for good on a kernel without the ioctl
+
+
+def _exited(what: str) -> UnavailableMicroserviceError:
+    return UnavailableMicroserviceError(f"{what}: the process has exited")
+
+
+def _netns_by_pidfd(pid: int, container_id: str, what: str) -> int | None:
+    """The namespace fd via a checked pidfd, or None where pidfds cannot do it."""
+    global _pidfd_ns_works
+    if not _pidfd_ns_works:
+        return None
+    try:
+        pidfd = sys_.pidfd_open(pid)
+    except NamespaceNotFound:
+        raise _exited(what) from None
+    except OSError:
+        return None  # no pidfds here (an old kernel, a seccomp filter)
+    try:
+        try:
+            with open(f"/proc/{pid}/cgroup", "rb") as f:
+                cgroup = f.read().decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError):
+            raise _exited(what) from None
+        # The pidfd is still not readable: the process read above was the
+        # pinned one, not a later holder of the PID.
+        if select.select([pidfd], [], [], 0)[0]:
+            raise _exited(what)
+        if not _names_container(cgroup, container_id):
+            raise UnavailableMicroserviceError(
+                f"{what}: process {pid} is not in the container's cgroup "
+                "(the container stopped and its PID was reused?)"
+            )
+        try:
+            fd: int = fcntl.ioctl(pidfd, PIDFD_GET_NET_NAMESPACE)
+        except ProcessLookupError:
+            raise _exited(what) from None
+        except OSError as e:
+            if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+                _pidfd_ns_works = False  # before 6.11: /proc it is
+                return None
+            raise
+        return fd
+    finally:
+        os.close(pidfd)
+
+
+def _netns_by_proc(pid: int, container_id: str, what: str) -> int:
+    """The namespace fd through a ``/proc/<pid>`` directory fd (kernels before 6.11)."""
+    try:
+        dfd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        raise _exited(what) from None
+    try:
+        try:
+            cgroup = _read_at(dfd, "cgroup")
+        except (FileNotFoundError, ProcessLookupError):
+            raise _exited(what) from None
+        if not _names_container(cgroup, container_id):
+            raise UnavailableMicroserviceError(
+                f"{what}: process {pid} is not in the container's cgroup "
+                "(the container stopped and its PID was reused?)"
+            )
+        try:
+            return sys_.open_netns(b"ns/net", what, dirfd=dfd)
+        except NamespaceNotFound:
+            raise _exited(what) from None
+    finally:
+        os.close(dfd)
 
 
 def _read_at(dfd: int, name: str) -> str:
