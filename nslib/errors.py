@@ -24,6 +24,7 @@ __all__ = [
     "NamespaceNotFound",
     "NamespaceRestoreError",
     "NotANamespace",
+    "NotSwitchableError",
     "NslibError",
     "PluginDisabledError",
     "SharedNamespaceError",
@@ -99,6 +100,20 @@ class SharedNamespaceError(UnavailableMicroserviceError):
     host.  ``Microservice.open_namespace(allow_shared=True)`` opens it
     anyway.  A configurator reports such an item FAILED, not PENDING.
     """
+
+
+class NotSwitchableError(ValueError, NslibError):
+    """A kind of namespace one thread cannot enter and leave: USER, PID or TIME.
+
+    The kernel lets only a single-threaded process join a user namespace,
+    and PID and time namespaces apply to the children a process makes.
+    Start a process in them instead (:mod:`nslib.spawn`, or
+    ``nslib.run(Target(pid), argv)``).  :attr:`kind` is the refused
+    :class:`~nslib.kinds.NsKind`.
+    """
+
+    #: The kind that was refused (an ``NsKind``).
+    kind: object = None
 
 
 class SpawnError(OSError, NslibError):
