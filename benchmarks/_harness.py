@@ -51,6 +51,31 @@ def dockerd() -> ModuleType:
     except BaseException:
         del sys.modules[name]
         raise
+    # The podman and containerd harnesses `import dockerd`: this same module.
+    sys.modules.setdefault("dockerd", module)
+    return module
+
+
+def load_test_harness(stem: str) -> ModuleType:
+    """Another harness of the test suite, ``tests/<stem>.py`` (``podmand``, ``containerd_harness``).
+
+    Loaded by path as :func:`dockerd` is (which it imports, so that one is loaded first).
+    """
+    name = f"_nslib_tests_{stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    dockerd()
+    path = DOCKERD.parent / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise ImportError(f"the benchmarks need the test harness {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 

@@ -1,35 +1,50 @@
-"""Microservice tracker: how fast a new container is seen, and the initial sync.
+"""Microservice tracker: how fast a container is seen, the initial sync, bursts and stops,
+for each runtime (docker, podman, containerd) side by side in one run.
 
-Everything runs on a private dockerd started here (``tests/dockerd.py``,
-with its FROM-scratch busybox image built into it) and torn down at the end;
-containers use ``--network none`` and a unique name prefix.
+Every runtime is private, started here from the test suite's harnesses
+(``tests/dockerd.py``, ``tests/podmand.py``, ``tests/containerd_harness.py``,
+loaded by ``benchmarks._harness``) and torn down at the end; containers have
+no network (``--network none`` or a bare namespace of their own) and carry
+a unique label prefix.
 
-Groups:
+Groups, per runtime:
 
-* ``microservice detection latency (p95)``: from the daemon's ``start`` event
-  (its ``timeNano``, read from a separate raw event stream) to the moment a
-  subscriber learns about the container.  Containers start one at a time.
+* ``initial sync of N running containers``: ``MicroserviceTracker`` from
+  ``start()`` until ``in_sync`` (subscribe, list, inspect or join, and a
+  pidfd per process) against that runtime's bare listing on the same
+  transport (the floor): docker and podman list + inspect each container,
+  containerd one task list + one container list.
+* ``start -> callback (p95), idle`` and ``... while 100 others churn``: from
+  the runtime's own ``start`` event time (read from a second, raw event
+  stream) to the subscriber's callback.  Churn: 100 other labelled
+  containers are removed and started again in rotation meanwhile.
+* ``burst of B starts, pending veth each``: B veth pairs are declared for
+  microservices that do not run yet, then B containers are started at once
+  (4 at a time); the time from the last start returning to the last veth
+  APPLIED.
+* docker only: the detection latency of a once-a-second poller beside the
+  tracker's; the stop of a killed container seen through the pidfd watcher
+  vs through the daemon's ``die`` event; and ``Microservice.open_namespace``
+  through ``PIDFD_GET_NET_NAMESPACE`` vs the ``/proc`` directory fd.
 
-  - nslib: ``MicroserviceTracker`` callback (events + one ``inspect``);
-  - alternative: polling, ``list`` + ``inspect`` of every running container
-    once a second (what older Ligato agents did every 3 s).
-
-  The row's time is the p95; ``extra`` holds p50/p95/max in ms.
-
-* ``initial sync of N running containers``: ``MicroserviceTracker(client)``
-  from ``start()`` until ``in_sync`` (subscribe, list, inspect each), against
-  the bare ``list`` + ``inspect`` loop on the same client (the floor).
+Options (after ``--quick`` if any): ``--containers N`` (default 500, 50 with
+``--quick``), ``--burst B`` (default 200, 40 with ``--quick``),
+``--runtimes docker,podman,containerd``.
 
 Targets: detection p95 under 10 ms; initial sync within 1.3x of the floor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import nslib
@@ -75,38 +90,6 @@ def _wait(cond: threading.Condition, pred: Any, timeout: float, what: str) -> No
             raise RuntimeError(f"benchmark timed out waiting for {what}")
 
 
-def tracker_latencies(
-    client: Any, stamps: StartStamps, tag: str, n: int
-) -> tuple[list[float], list[Any]]:
-    """Start *n* labelled containers one by one; seconds from start event to callback."""
-    from benchmarks._harness import run_container
-
-    seen: dict[str, int] = {}
-    cond = threading.Condition()
-
-    def on_event(ev: nslib.MicroserviceEvent) -> None:
-        now = time.time_ns()
-        if ev.kind is nslib.EventKind.STARTED and ev.label.startswith(tag):
-            with cond:
-                seen.setdefault(ev.microservice.container_id, now)
-                cond.notify_all()
-
-    tracker = nslib.MicroserviceTracker(client, resync_interval=None)
-    tracker.subscribe(on_event)
-    tracker.start()
-    containers = []
-    try:
-        if not tracker.wait_in_sync(30):
-            raise RuntimeError(f"tracker not in sync: {tracker.health()}")
-        for i in range(n):
-            c = run_container(client, label=f"{tag}-t{i}", name=f"{tag}-t{i}")
-            containers.append(c)
-            _wait(cond, lambda c=c: c.id in seen, 10, f"the tracker to see {c.name}")
-    finally:
-        tracker.stop()
-    return [(seen[c.id] - stamps.get(c.id)) / 1e9 for c in containers], containers
-
-
 def polling_latencies(
     client: Any, stamps: StartStamps, tag: str, n: int, interval: float = 1.0
 ) -> list[float]:
@@ -148,116 +131,613 @@ def polling_latencies(
     return [(seen[c.id] - stamps.get(c.id)) / 1e9 for c in containers]
 
 
-def sync_times(client: Any, repeat: int) -> tuple[float, float, int]:
-    """Median seconds: (tracker start -> in_sync, bare list + inspect), and the count."""
-    api = client.api
+def _ms(x: float) -> float:
+    return round(x * 1e3, 3)
 
-    def floor() -> int:
+
+# ----------------------------------------------------------------------------
+# Runtimes: start, remove, a fresh source, a raw event source, the floor
+
+
+class _Runtime:
+    name = "?"
+
+    def source(self) -> Any:
+        raise NotImplementedError
+
+    def start(self, label: str, name: str) -> str:
+        raise NotImplementedError
+
+    def remove(self, cid: str) -> None:
+        raise NotImplementedError
+
+    def kill(self, cid: str) -> None:
+        raise NotImplementedError
+
+    def floor(self) -> int:
+        """The bare listing of every running container: how many."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _Docker(_Runtime):
+    name = "docker"
+
+    def __init__(self, d: Any) -> None:
+        from benchmarks._harness import run_container
+
+        self._run = run_container
+        self.client = d.client()
+
+    def source(self) -> Any:
+        return nslib.DockerSource(self.client)
+
+    def start(self, label: str, name: str) -> str:
+        return str(self._run(self.client, label=label, name=name).id)
+
+    def remove(self, cid: str) -> None:
+        self.client.api.remove_container(cid, force=True)
+
+    def kill(self, cid: str) -> None:
+        self.client.api.kill(cid)
+
+    def floor(self) -> int:
+        api = self.client.api
         return len([api.inspect_container(e["Id"]) for e in api.containers()])
 
-    def tracker() -> int:
-        t = nslib.MicroserviceTracker(client, resync_interval=None)
+    def close(self) -> None:
+        self.client.close()
+
+
+class _Podman(_Runtime):
+    name = "podman"
+
+    def __init__(self, p: Any) -> None:
+        from nslib.microservice.sources._http import UnixHTTP
+
+        self.p = p
+        self._http = UnixHTTP(p.url, 30.0)
+
+    def source(self) -> Any:
+        return nslib.PodmanSource(self.p.url)
+
+    def start(self, label: str, name: str) -> str:
+        return str(self.p.run(label, name=name))
+
+    def remove(self, cid: str) -> None:
+        self.p.cli("rm", "-f", "-t", "0", cid, check=False)
+
+    def kill(self, cid: str) -> None:
+        self.p.cli("kill", cid)
+
+    def floor(self) -> int:
+        api = "/v4.0.0/libpod"
+        ids = [e["Id"] for e in self._http.get_json(f"{api}/containers/json")]
+        return len([self._http.get_json(f"{api}/containers/{i}/json") for i in ids])
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class _Containerd(_Runtime):
+    name = "containerd"
+
+    def __init__(self, c: Any) -> None:
+        self.c = c
+        self._raw = nslib.ContainerdSource(c.address, "default")
+
+    def source(self) -> Any:
+        return nslib.ContainerdSource(self.c.address, "default")
+
+    def start(self, label: str, name: str) -> str:
+        return str(self.c.run(label, cid=name))
+
+    def remove(self, cid: str) -> None:
+        self.c.remove(cid)
+
+    def kill(self, cid: str) -> None:
+        self.c.kill(cid)
+
+    def floor(self) -> int:
+        from nslib.microservice.sources import _containerd_api as m
+
+        tasks = self._raw._unary(m.TASKS_LIST, m.M.ListTasksRequest(), m.M.ListTasksResponse)
+        conts = self._raw._unary(
+            m.CONTAINERS_LIST, m.M.ListContainersRequest(), m.M.ListContainersResponse
+        )
+        running = {t.container_id or t.id for t in tasks.tasks if t.pid > 0}
+        return len([c for c in conts.containers if c.id in running])
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class RawStarts:
+    """A second, raw event stream of *rt*: the runtime's own start time per container."""
+
+    _START = {"start", "/tasks/start"}
+
+    def __init__(self, rt: _Runtime) -> None:
+        self._src = rt.source()
+        self._stream = self._src.subscribe(None, None)
+        self.stamps: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, name="bench-starts", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for ev in self._stream:
+                if ev.action in self._START and ev.time_ns is not None:
+                    with self._cond:
+                        self.stamps.setdefault(ev.container_id, ev.time_ns)
+                        self._cond.notify_all()
+        except Exception:
+            pass  # closed
+
+    def get(self, cid: str, timeout: float = 10.0) -> int:
+        with self._cond:
+            if not self._cond.wait_for(lambda: cid in self.stamps, timeout):
+                raise RuntimeError(f"no start event for {cid[:12]}")
+            return self.stamps[cid]
+
+    def close(self) -> None:
+        self._stream.close()
+        self._thread.join(5)
+        self._src.close()
+
+
+def _parallel(fn: Any, items: list[Any], workers: int = 4) -> list[Any]:
+    with ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(fn, items))
+
+
+def _tracker(rt: _Runtime, **kw: Any) -> Any:
+    t = nslib.MicroserviceTracker(source=rt.source(), resync_interval=None, **kw)
+    return t
+
+
+def rt_latencies(rt: _Runtime, stamps: RawStarts, tag: str, n: int) -> list[float]:
+    """Start *n* labelled containers one by one: seconds from the start event to the callback."""
+    seen: dict[str, int] = {}
+    cond = threading.Condition()
+
+    def on_event(ev: nslib.MicroserviceEvent) -> None:
+        now = time.time_ns()
+        if ev.kind is nslib.EventKind.STARTED and ev.label.startswith(tag):
+            with cond:
+                seen.setdefault(ev.microservice.container_id, now)
+                cond.notify_all()
+
+    t = _tracker(rt)
+    t.subscribe(on_event)
+    t.start()
+    ids = []
+    try:
+        if not t.wait_in_sync(60):
+            raise RuntimeError(f"tracker not in sync: {t.health()}")
+        for i in range(n):
+            cid = rt.start(f"{tag}-{i}", f"{tag}-{i}")
+            ids.append(cid)
+            _wait(cond, lambda cid=cid: cid in seen, 20, f"the tracker to see {tag}-{i}")
+    finally:
+        t.stop()
+    try:
+        return [(seen[c] - stamps.get(c)) / 1e9 for c in ids]
+    finally:
+        _parallel(rt.remove, ids)
+
+
+class Churn:
+    """*n* other labelled containers, removed and started again in rotation."""
+
+    def __init__(self, rt: _Runtime, tag: str, n: int) -> None:
+        self.rt, self.tag = rt, tag
+        self.ids = _parallel(lambda i: rt.start(f"{tag}-{i}", f"{tag}-{i}-0"), list(range(n)))
+        self.cycles = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="bench-churn", daemon=True)
+
+    def _main(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            k = i % len(self.ids)
+            self.rt.remove(self.ids[k])
+            self.cycles += 1
+            self.ids[k] = self.rt.start(f"{self.tag}-{k}", f"{self.tag}-{k}-{self.cycles}")
+            i += 1
+
+    def __enter__(self) -> Churn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        _parallel(self.rt.remove, self.ids)
+
+
+def rt_sync(rt: _Runtime, repeat: int, expect: int) -> tuple[float, float, int]:
+    """Median seconds (tracker start -> in_sync, the runtime's bare listing), and the count."""
+
+    def tracker() -> tuple[float, int]:
+        """Seconds from start() to in_sync (stop() not counted), and the labels seen."""
+        t = _tracker(rt)
+        t0 = time.perf_counter()
         t.start()
         try:
-            if not t.wait_in_sync(30):
+            if not t.wait_in_sync(300):
                 raise RuntimeError(f"tracker not in sync: {t.health()}")
-            return len(t.snapshot())
+            took = time.perf_counter() - t0
+            return took, len(t.snapshot())
         finally:
             t.stop()
 
-    count = floor()  # warm the connection pool
+    count = rt.floor()  # warm the connection
     tracker()
     floor_s, tracker_s = [], []
     for _ in range(repeat):  # interleaved, so drift hits both alike
         t0 = time.perf_counter()
-        floor()
+        rt.floor()
         floor_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        got = tracker()
-        tracker_s.append(time.perf_counter() - t0)
-        if got < count:
-            raise RuntimeError(f"tracker synced {got} labels, expected {count}")
+        took, got = tracker()
+        tracker_s.append(took)
+        if got < expect:
+            raise RuntimeError(f"tracker synced {got} labels, expected {expect}")
     return statistics.median(tracker_s), statistics.median(floor_s), count
 
 
-def _ms(x: float) -> float:
-    return round(x * 1e3, 3)
+def rt_burst(rt: _Runtime, tag: str, b: int) -> tuple[float, float, int]:
+    """*b* pending veths, then *b* starts at once.
+
+    :returns: (last start -> last APPLIED, all the starts, how many applied).
+    """
+    from nslib.configurator import Configurator, ItemStatus
+
+    applied: dict[str, float] = {}
+    cond = threading.Condition()
+
+    def on_change(item: Any) -> None:
+        if item.status is ItemStatus.APPLIED:
+            with cond:
+                applied.setdefault(item.name_key, time.monotonic())
+                cond.notify_all()
+
+    t = _tracker(rt)
+    t.start()
+    ids: list[str] = []
+    ends: list[float] = []
+    host = uuid.uuid4().hex[:4]
+    try:
+        if not t.wait_in_sync(300):
+            raise RuntimeError(f"tracker not in sync: {t.health()}")
+        with nslib.NsPlugin(tracker=t) as plugin, Configurator(plugin, on_change=on_change) as conf:
+            for i in range(b):
+                item = conf.add_veth(
+                    "eth1", f"nb{host}{i}", ns=nslib.NetNamespace.microservice(f"{tag}-{i}")
+                )
+                item.name_key = f"{tag}-{i}"  # type: ignore[attr-defined]
+
+            def start(i: int) -> str:
+                cid = rt.start(f"{tag}-{i}", f"{tag}-{i}")
+                ends.append(time.monotonic())
+                return cid
+
+            t0 = time.monotonic()
+            ids = _parallel(start, list(range(b)))
+            last_start = max(ends)
+            _wait(cond, lambda: len(applied) >= b, 120, f"{b} veths applied")
+            last_applied = max(applied.values())
+            return last_applied - last_start, last_start - t0, len(applied)
+    finally:
+        t.stop()
+        _parallel(rt.remove, ids)
+
+
+def _stops(rt: _Docker, tag: str, n: int, watch: bool) -> list[float]:
+    """Seconds from ``docker kill`` to the STOPPED callback, *n* times."""
+    stopped: dict[str, int] = {}
+    cond = threading.Condition()
+
+    def on_event(ev: nslib.MicroserviceEvent) -> None:
+        now = time.time_ns()
+        if ev.kind is nslib.EventKind.STOPPED and ev.label.startswith(tag):
+            with cond:
+                stopped.setdefault(ev.microservice.container_id, now)
+                cond.notify_all()
+
+    t = _tracker(rt, watch_processes=watch)
+    t.subscribe(on_event)
+    t.start()
+    lat = []
+    try:
+        if not t.wait_in_sync(60):
+            raise RuntimeError(f"tracker not in sync: {t.health()}")
+        for i in range(n):
+            label = f"{tag}-{int(watch)}-{i}"
+            cid = rt.start(label, label)
+            t.wait_for(label, 20)
+            time.sleep(0.05)  # let the watcher take its pidfd
+            t0 = time.time_ns()
+            rt.kill(cid)
+            _wait(cond, lambda cid=cid: cid in stopped, 20, f"{label} stopped")
+            lat.append((stopped[cid] - t0) / 1e9)
+            rt.remove(cid)
+    finally:
+        t.stop()
+    return lat
+
+
+def docker_stop_detection(rt: _Docker, tag: str, n: int) -> tuple[list[float], list[float]]:
+    """``docker kill`` to STOPPED: through the pidfd watcher, and through the ``die`` event."""
+    return _stops(rt, tag, n, True), _stops(rt, tag, n, False)
+
+
+def docker_open_namespace(rt: _Docker, tag: str) -> tuple[float, float]:
+    """Seconds per ``open_namespace()`` + close: via the pidfd ioctl, and via ``/proc``."""
+    from benchmarks._harness import per_op
+    from nslib.microservice import tracker as tr
+
+    cid = rt.start(f"{tag}-ns", f"{tag}-ns")
+    t = _tracker(rt)
+    t.start()
+    try:
+        ms = t.wait_for(f"{tag}-ns", 30)
+        via_pidfd = per_op(lambda: ms.open_namespace().close(), number=2000)
+        saved = tr._pidfd_ns_works
+        tr._pidfd_ns_works = False
+        try:
+            via_proc = per_op(lambda: ms.open_namespace().close(), number=2000)
+        finally:
+            tr._pidfd_ns_works = saved
+        return via_pidfd, via_proc
+    finally:
+        t.stop()
+        rt.remove(cid)
+
+
+def _option(name: str, default: int) -> int:
+    argv = sys.argv
+    if name in argv and argv.index(name) + 1 < len(argv):
+        return int(argv[argv.index(name) + 1])
+    return default
+
+
+def _runtimes() -> list[str]:
+    argv = sys.argv
+    if "--runtimes" in argv and argv.index("--runtimes") + 1 < len(argv):
+        return argv[argv.index("--runtimes") + 1].split(",")
+    return ["docker", "podman", "containerd"]
+
+
+@contextlib.contextmanager
+def _runtime(kind: str, d: Any) -> Iterator[_Runtime]:
+    from benchmarks._harness import load_test_harness
+
+    if kind == "docker":
+        rt: _Runtime = _Docker(d)
+        try:
+            yield rt
+        finally:
+            rt.close()
+    elif kind == "podman":
+        with load_test_harness("podmand").PrivatePodman() as p:
+            p.load_image_from_docker(d.base_url)
+            rt = _Podman(p)
+            try:
+                yield rt
+            finally:
+                rt.close()
+    else:
+        with load_test_harness("containerd_harness").PrivateContainerd() as c:
+            c.import_image_from_docker(d.base_url)
+            rt = _Containerd(c)
+            try:
+                yield rt
+            finally:
+                rt.close()
+
+
+def _p(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": _ms(percentile(values, 50)),
+        "p95_ms": _ms(percentile(values, 95)),
+        "max_ms": _ms(max(values)),
+    }
+
+
+def run_runtime(
+    rt: _Runtime,
+    quick: bool,
+    n_sync: int,
+    n_burst: int,
+    results: list[Result],
+    targets: list[Target],
+) -> None:
+    name = rt.name
+    n_events = 20 if quick else 50
+    n_churn = 20 if quick else 100
+    repeat = 3 if quick else 5
+    tag = f"nsb{uuid.uuid4().hex[:5]}"
+    clock = time.monotonic()
+    phase: dict[str, float] = {}
+
+    # N running labelled containers, kept through the latency runs (a tracker with a full map).
+    t0 = time.monotonic()
+    base = _parallel(lambda i: rt.start(f"{tag}-s{i}", f"{tag}-s{i}"), list(range(n_sync)))
+    phase["start N"] = time.monotonic() - t0
+    stamps = RawStarts(rt)
+    try:
+        t0 = time.monotonic()
+        t_sync, t_floor, count = rt_sync(rt, repeat, n_sync)
+        phase["sync"] = time.monotonic() - t0
+        g = f"{name}: initial sync of {n_sync} running containers"
+        results.append(
+            Result(g, f"{name}: MicroserviceTracker start -> in_sync", t_sync, kind="nslib")
+        )
+        floor_what = "task list + container list" if name == "containerd" else "list + inspect"
+        results.append(Result(g, f"{name}: bare {floor_what} (floor)", t_floor, kind="limit"))
+        ratio = t_sync / t_floor
+        targets.append(
+            Target(
+                g,
+                "within 1.3x of the bare listing",
+                ratio <= 1.3,
+                f"{ratio:.2f}x ({t_sync * 1e3:.0f} ms vs {t_floor * 1e3:.0f} ms, {count} running)",
+            )
+        )
+
+        t0 = time.monotonic()
+        lat = rt_latencies(rt, stamps, f"{tag}-i", n_events)
+        g = f"{name}: start -> callback (p95), idle, {n_sync} running"
+        p95 = percentile(lat, 95)
+        results.append(
+            Result(
+                g,
+                f"{name}: MicroserviceTracker callback",
+                p95,
+                kind="nslib",
+                note=f"n={len(lat)}",
+                extra=_p(lat),
+            )
+        )
+        targets.append(
+            Target(
+                g,
+                "p95 under 10 ms",
+                p95 < 0.010,
+                f"p50 {_ms(percentile(lat, 50))} ms, p95 {_ms(p95)} ms",
+            )
+        )
+        phase["latency idle"] = time.monotonic() - t0
+
+        t0 = time.monotonic()
+        with Churn(rt, f"{tag}-c", n_churn) as churn:
+            lat = rt_latencies(rt, stamps, f"{tag}-u", n_events)
+        g = f"{name}: start -> callback (p95), {n_churn} others churning"
+        p95 = percentile(lat, 95)
+        results.append(
+            Result(
+                g,
+                f"{name}: MicroserviceTracker callback",
+                p95,
+                kind="nslib",
+                note=f"n={len(lat)}, {churn.cycles} churn restarts",
+                extra=_p(lat),
+            )
+        )
+        targets.append(
+            Target(
+                g,
+                "p95 under 10 ms",
+                p95 < 0.010,
+                f"p50 {_ms(percentile(lat, 50))} ms, p95 {_ms(p95)} ms",
+            )
+        )
+        phase["latency churn"] = time.monotonic() - t0
+    finally:
+        stamps.close()
+        t0 = time.monotonic()
+        _parallel(rt.remove, base)
+        phase["remove N"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    tail, starts, applied = rt_burst(rt, f"{tag}-b", n_burst)
+    phase["burst"] = time.monotonic() - t0
+    g = f"{name}: burst of {n_burst} starts, a pending veth each"
+    results.append(
+        Result(
+            g,
+            f"{name}: last start -> last veth APPLIED",
+            tail,
+            kind="nslib",
+            note=f"{applied}/{n_burst} applied; the {n_burst} starts took {starts:.1f} s",
+        )
+    )
+    targets.append(
+        Target(
+            g,
+            "every veth configured",
+            applied == n_burst,
+            f"{applied}/{n_burst}, last start -> last APPLIED {tail * 1e3:.0f} ms",
+        )
+    )
+    total = time.monotonic() - clock
+    results.append(
+        Result(
+            f"{name}: benchmark wall time",
+            f"{name}: whole run",
+            total,
+            kind="info",
+            note=", ".join(f"{k} {v:.0f} s" for k, v in phase.items()),
+        )
+    )
 
 
 def run(quick: bool) -> tuple[list[Result], list[Target]]:
     from benchmarks._harness import PrivateDockerd
 
-    n_events = 20 if quick else 50
+    n_sync = _option("--containers", 50 if quick else 500)
+    n_burst = _option("--burst", 40 if quick else 200)
     n_poll = 6 if quick else 20
-    repeat = 5 if quick else 9
-    tag = f"nsbench{uuid.uuid4().hex[:6]}"
     results: list[Result] = []
     targets: list[Target] = []
+    tag = f"nsbench{uuid.uuid4().hex[:6]}"
     with PrivateDockerd() as d:
-        client = d.client()
-        stamps = StartStamps(client)
-        try:
-            lat, containers = tracker_latencies(client, stamps, tag, n_events)
-            p50, p95 = percentile(lat, 50), percentile(lat, 95)
-            results.append(
-                Result(
-                    G_DETECT,
-                    "MicroserviceTracker callback (events + inspect)",
-                    p95,
-                    kind="nslib",
-                    note=f"n={len(lat)}",
-                    extra={"p50_ms": _ms(p50), "p95_ms": _ms(p95), "max_ms": _ms(max(lat))},
-                )
-            )
-            targets.append(
-                Target(
-                    G_DETECT,
-                    "p95 under 10 ms",
-                    p95 < 0.010,
-                    f"p50 {_ms(p50)} ms, p95 {_ms(p95)} ms",
-                )
-            )
-
-            t_sync, t_floor, count = sync_times(client, repeat)
-            results.append(
-                Result(
-                    G_SYNC,
-                    f"MicroserviceTracker start -> in_sync ({count} containers)",
-                    t_sync,
-                    kind="nslib",
-                )
-            )
-            results.append(
-                Result(G_SYNC, "bare list + inspect loop (floor)", t_floor, kind="limit")
-            )
-            ratio = t_sync / t_floor
-            targets.append(
-                Target(
-                    G_SYNC,
-                    "within 1.3x of list + inspect",
-                    ratio <= 1.3,
-                    f"{ratio:.2f}x ({t_sync * 1e3:.0f} ms vs {t_floor * 1e3:.0f} ms)",
-                )
-            )
-
-            for c in containers:  # the poller should not scan the tracker's leftovers
-                client.api.remove_container(c.id, force=True)
-            plat = polling_latencies(client, stamps, tag, n_poll)
-            pp50, pp95 = percentile(plat, 50), percentile(plat, 95)
-            results.append(
-                Result(
-                    G_DETECT,
-                    "polling: list + inspect every 1 s",
-                    pp95,
-                    kind="alt",
-                    note=f"n={len(plat)}",
-                    extra={"p50_ms": _ms(pp50), "p95_ms": _ms(pp95), "max_ms": _ms(max(plat))},
-                )
-            )
-        finally:
-            stamps.close()
-            client.close()
+        for kind in _runtimes():
+            with _runtime(kind, d) as rt:
+                run_runtime(rt, quick, n_sync, n_burst, results, targets)
+                if isinstance(rt, _Docker):
+                    _docker_extras(rt, d, tag, n_poll, quick, results)
     return results, targets
+
+
+def _docker_extras(
+    rt: _Docker, d: Any, tag: str, n_poll: int, quick: bool, results: list[Result]
+) -> None:
+    client = rt.client
+    via_watch, via_die = docker_stop_detection(rt, f"{tag}-k", 10 if quick else 30)
+    g = "docker: kill -> STOPPED (p95)"
+    results.append(
+        Result(
+            g,
+            "pidfd watcher (process exit)",
+            percentile(via_watch, 95),
+            kind="nslib",
+            extra=_p(via_watch),
+        )
+    )
+    results.append(
+        Result(
+            g,
+            "daemon die event only (watch_processes=False)",
+            percentile(via_die, 95),
+            kind="alt",
+            extra=_p(via_die),
+        )
+    )
+    via_pidfd, via_proc = docker_open_namespace(rt, tag)
+    g = "Microservice.open_namespace() + close"
+    results.append(Result(g, "pidfd + PIDFD_GET_NET_NAMESPACE", via_pidfd, kind="nslib"))
+    results.append(Result(g, "/proc/<pid> directory fd + ns/net", via_proc, kind="alt"))
+    stamps = StartStamps(client)
+    try:
+        plat = polling_latencies(client, stamps, tag, n_poll)
+    finally:
+        stamps.close()
+    pp95 = percentile(plat, 95)
+    results.append(
+        Result(
+            "docker: start -> callback (p95), polling for comparison",
+            "polling: list + inspect every 1 s",
+            pp95,
+            kind="alt",
+            note=f"n={len(plat)}",
+            extra=_p(plat),
+        )
+    )
 
 
 if __name__ == "__main__":

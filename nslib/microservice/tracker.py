@@ -272,6 +272,15 @@ PIDFD_GET_NET_NAMESPACE: Final = 0xFF04
 _pidfd_ns_works = True  # cleared for good on a kernel without the ioctl
 
 
+_AT_FDCWD: Final = -100
+
+
+def _readable(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
+
+
 def _exited(what: str) -> UnavailableMicroserviceError:
     return UnavailableMicroserviceError(f"{what}: the process has exited")
 
@@ -289,13 +298,12 @@ def _netns_by_pidfd(pid: int, container_id: str, what: str) -> int | None:
         return None  # no pidfds here (an old kernel, a seccomp filter)
     try:
         try:
-            with open(f"/proc/{pid}/cgroup", "rb") as f:
-                cgroup = f.read().decode(errors="replace")
+            cgroup = _read_at(_AT_FDCWD, f"/proc/{pid}/cgroup")
         except (FileNotFoundError, ProcessLookupError):
             raise _exited(what) from None
         # The pidfd is still not readable: the process read above was the
         # pinned one, not a later holder of the PID.
-        if select.select([pidfd], [], [], 0)[0]:
+        if _readable(pidfd):
             raise _exited(what)
         if not _names_container(cgroup, container_id):
             raise UnavailableMicroserviceError(
@@ -341,7 +349,7 @@ def _netns_by_proc(pid: int, container_id: str, what: str) -> int:
 
 
 def _read_at(dfd: int, name: str) -> str:
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=None if dfd == _AT_FDCWD else dfd)
     try:
         chunks = []
         while chunk := os.read(fd, 65536):
