@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -25,7 +26,7 @@
 #include <linux/magic.h>
 #include <linux/nsfs.h>
 
-#define NSLIB_ABI 7
+#define NSLIB_ABI 8
 
 #define NSLIB_ENOTNS -2		/* the file is not a namespace at all */
 #define NSLIB_EWRONGTYPE -3	/* a namespace, but not a network one */
@@ -34,6 +35,7 @@
 #define NSLIB_ERESTORE -6	/* the restore failed: the thread is poisoned */
 #define NSLIB_EUNWOUND -7	/* a block ended past a switch made inside it */
 #define NSLIB_EHOME -8		/* the fd to return to was closed or replaced */
+#define NSLIB_ETHREAD -9	/* a revert called on another thread */
 
 #define NSLIB_SWITCH 0		/* kinds of enter: switch_to() */
 #define NSLIB_BLOCK 1		/* an entered() block */
@@ -506,6 +508,35 @@ static int nslib_undo_last(void)
 	if (d <= 0 || d != t->depth || t->e[d - 1].serial != t->last_serial)
 		return 0;
 	return nslib_back_to(t, d - 1) == 0 ? 1 : -1;
+}
+
+/* The serial number the next successful enter on this thread will get. */
+static long long nslib_next_serial(void) { return nslib_t.next + 1; }
+
+/* A number that identifies the calling thread's switch stack. */
+static long long nslib_thread_token(void) { return (long long)(intptr_t)&nslib_t; }
+
+/*
+ * Undo the switch numbered `serial`, made on the thread `token` names: for a
+ * revert whose whole call path is C (see switching.py).  1: that switch is
+ * already over (reverted, or undone by an enclosing block), nothing done;
+ * NSLIB_ETHREAD: another thread's switch; NSLIB_EORDER: a switch made after
+ * it is still open.
+ */
+static int nslib_revert(long long serial, long long token)
+{
+	struct nslib_thread *t = &nslib_t;
+	int i;
+
+	if (token != (long long)(intptr_t)t)
+		return NSLIB_ETHREAD;
+	for (i = t->depth - 1; i >= 0 && t->e[i].serial != serial; i--)
+		;
+	if (i < 0 || serial == 0)
+		return 1;
+	if (i != t->depth - 1)
+		return NSLIB_EORDER;
+	return nslib_back_to(t, i);
 }
 
 /* The serial number of the switch at `depth`, or 0 if there is none. */

@@ -14,6 +14,8 @@ references by name, PID, thread, path or microservice label.
 """
 
 from .errors import (
+    BadFdError,
+    BadPathError,
     ClosedHandleError,
     DockerUnavailableError,
     InvalidName,
@@ -108,6 +110,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BadFdError",
+    "BadPathError",
     "ClosedHandleError",
     "Config",
     "ConfigItem",

@@ -18,7 +18,7 @@ ffi = _native.ffi
 lib = _native.lib
 
 # A stale .so in an editable checkout would silently miss newer shims.
-_ABI = 7
+_ABI = 8
 if lib.NSLIB_ABI != _ABI:  # pragma: no cover
     raise ImportError(f"nslib._native ABI {lib.NSLIB_ABI} != {_ABI}; rebuild (pip install -e .)")
 
@@ -40,6 +40,7 @@ EORDER: int = lib.NSLIB_EORDER
 _ERESTORE: int = lib.NSLIB_ERESTORE
 EUNWOUND: int = lib.NSLIB_EUNWOUND
 _EHOME: int = lib.NSLIB_EHOME
+ETHREAD: int = lib.NSLIB_ETHREAD
 SWITCH: int = lib.NSLIB_SWITCH
 BLOCK: int = lib.NSLIB_BLOCK
 
@@ -51,6 +52,9 @@ raw_undo_last = lib.nslib_undo_last
 raw_exit_block = lib.nslib_exit_block
 raw_unwind = lib.nslib_unwind
 raw_serial = lib.nslib_serial
+raw_next_serial = lib.nslib_next_serial
+raw_thread_token = lib.nslib_thread_token
+raw_revert = lib.nslib_revert
 raw_socket_in = lib.nslib_socket_in
 NULL = ffi.NULL
 

@@ -12,6 +12,7 @@ import os
 
 __all__ = [
     "BadFdError",
+    "BadPathError",
     "CNIError",
     "ClosedHandleError",
     "DockerUnavailableError",
@@ -66,6 +67,13 @@ class ClosedHandleError(ValueError, NslibError):
 
 class BadFdError(OSError, NslibError):
     """An fd that cannot be one: negative, too large, or not open (errno EBADF)."""
+
+
+class BadPathError(OSError, NslibError):
+    """A path that cannot lead to a file (ENAMETOOLONG, ELOOP, ENOTDIR).
+
+    Too long, a symlink loop, or a component that is not a directory.
+    """
 
 
 class NamespaceRestoreError(OSError, NslibError):
@@ -178,12 +186,15 @@ def oserror(err: int, what: str, path: str | None = None) -> OSError:
     """Build an ``OSError`` naming *what*, subclassed by errno as Python does.
 
     ENOENT and ESRCH become :class:`NamespaceNotFound`, EBADF
-    :class:`BadFdError`; every other errno gets
+    :class:`BadFdError`, ENAMETOOLONG, ELOOP and ENOTDIR
+    :class:`BadPathError`; every other errno gets
     the builtin subclass (``PermissionError`` for EPERM/EACCES, and so on).
     """
     msg = f"{os.strerror(err)}: {what}"
     if err == _errno.EBADF:
         return BadFdError(err, msg, path) if path else BadFdError(err, msg)
+    if err in (_errno.ENAMETOOLONG, _errno.ELOOP, _errno.ENOTDIR):
+        return BadPathError(err, msg, path) if path else BadPathError(err, msg)
     if err in (_errno.ENOENT, _errno.ESRCH):
         return NamespaceNotFound(err, msg, path) if path else NamespaceNotFound(err, msg)
     return OSError(err, msg, path) if path else OSError(err, msg)

@@ -30,15 +30,19 @@ The rules (namespaces are per *thread*):
 from __future__ import annotations
 
 import _io
+import _thread
 import asyncio
 import errno
+import functools
 import operator
 import os
 import queue
 import socket
+import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar, final
 
@@ -70,6 +74,9 @@ _raw_undo_last = sys_.raw_undo_last
 _raw_exit_block = sys_.raw_exit_block
 _raw_unwind = sys_.raw_unwind
 _raw_serial = sys_.raw_serial
+_raw_next_serial = sys_.raw_next_serial
+_raw_thread_token = sys_.raw_thread_token
+_raw_revert = sys_.raw_revert
 _raw_socket_in = sys_.raw_socket_in
 _BLOCK = sys_.BLOCK
 _SWITCH = sys_.SWITCH
@@ -107,68 +114,55 @@ def _refuse_on_loop(what: str) -> None:
 # __exit__ is C all the way to the C core's exit call:
 #
 # * entered.__exit__ is _io._IOBase.__exit__ bound to one module-level
-#   object; that C method calls its object's close();
-# * close is a property whose getter is C (operator.attrgetter) and returns
-#   the calling thread's generator's __next__;
-# * resuming a generator suspended inside ``yield from`` skips the signal
-#   check (only a fresh frame and a plain ``yield`` check), and the first
-#   thing it then does is the C call that ends the block.
+#   object: a C method that ignores its arguments and calls close();
+# * that object's close is map(_EXIT_RESULT.__getitem__, iter(C exit,
+#   never)).__next__: each call calls the C core's exit (no arguments, so
+#   nothing Python can get wrong) and looks its return code up in a dict,
+#   all in C.  Code 0 maps to None, so __exit__ returns None (a true value
+#   would swallow the exception leaving the block).
+# * Any other code is missing from the dict: its __missing__ (Python, but
+#   the thread has been moved back or poisoned by then) raises the error.
 #
-# The generator then reports a failure by raising, which propagates out of
-# the `with` like any __exit__ error.  The C core keeps which switches are
-# blocks, so the exit needs no state from the entered object: one object
-# may be used by several threads, each in its own block.
+# The C core keeps which switches are blocks, so the exit needs no state
+# from the entered object: one object may be used by several threads, each
+# in its own block.
 
 
-def _block_exits() -> Iterator[None]:
-    while True:
-        yield from (None,)  # resumed by _ThreadExits.next: see above
-        rc = _raw_exit_block()
-        if rc < 0:
-            _block_exit_failed(rc)
+class _ExitResult(dict[int, None]):
+    def __missing__(self, rc: int) -> None:
+        err = sys_.ffi.errno  # first: the next C call overwrites it
+        if rc == sys_.EUNWOUND:
+            if sys.exc_info()[1] is not None:
+                return None  # an exception skipped the inner revert: let it propagate
+            raise RuntimeError(
+                "nslib: an entered() block ended while a switch_to() made inside it was "
+                "never reverted; the thread was moved back anyway and that switch abandoned"
+            )
+        sys_.leave_failed(rc, "an entered() block", err)
 
 
-def _block_exit_failed(rc: int) -> None:
-    err = sys_.ffi.errno  # first: the next C call overwrites it
-    _thread_exits.renew()  # this generator ends with the raise below
-    if rc == sys_.EUNWOUND:
-        raise RuntimeError(
-            "nslib: an entered() block ended while a switch_to() made inside it was "
-            "never reverted; the thread was moved back anyway and that switch abandoned"
-        )
-    sys_.leave_failed(rc, "an entered() block", err)
-
-
-class _ThreadExits(threading.local):
-    gen: Iterator[None]
-    next: Callable[[], None]
-
-    def __init__(self) -> None:
-        self.renew()
-
-    def renew(self) -> None:
-        gen = _block_exits()
-        next(gen)  # run to the first suspension
-        self.gen = gen
-        self.next = gen.__next__
-
-
-_thread_exits = _ThreadExits()
+_EXIT_RESULT = _ExitResult({0: None})
+_NEVER = object()
 
 
 class _BlockExit(_io._IOBase):
-    threads = _thread_exits
-    close = property(operator.attrgetter("threads.next"))
+    close = staticmethod(map(_EXIT_RESULT.__getitem__, iter(_raw_exit_block, _NEVER)).__next__)
     closed = True  # so the io finalizer never calls close() on collection
 
 
 _block_exit = _BlockExit()
 
 
-def _exits_ready() -> bool:
-    # A generator that raised (a failed exit) or was interrupted between two
-    # blocks is finished; make a new one before switching, never after.
-    return _thread_exits.gen.gi_suspended  # type: ignore[attr-defined,no-any-return]
+def _resolve_for_enter(ns: NsRef) -> Resolved:
+    if type(ns) is NsHandle and ns._fd < 0:
+        raise ClosedHandleError(f"cannot switch through a closed handle ({ns.what})")
+    res = resolve(ns)
+    try:
+        _refuse_on_loop(res.what)
+    except BaseException:
+        res.close()
+        raise
+    return res
 
 
 @final
@@ -216,7 +210,7 @@ class entered:
         if type(ns) is NsHandle:
             # The hot path: a handle we do not own, no open, one C call.
             fd = ns._fd
-            if fd >= 0 and _running_loop() is None and _thread_exits.gen.gi_suspended:  # type: ignore[attr-defined]
+            if fd >= 0 and _running_loop() is None:
                 try:
                     depth = _raw_enter(fd, _BLOCK, _NULL)
                 except BaseException:
@@ -227,105 +221,99 @@ class entered:
                 if depth > 0:
                     return ns
                 sys_.fail(depth, ns.what, fd=fd)  # reads errno first; no second try
-        return self._enter_slow()
-
-    def _enter_slow(self) -> NsHandle | None:
-        ns = self._ns
-        if type(ns) is NsHandle and ns._fd < 0:
-            raise ClosedHandleError(f"cannot switch through a closed handle ({ns.what})")
-        with resolve(ns) as res:
-            _refuse_on_loop(res.what)
-            if not _exits_ready():
-                _thread_exits.renew()
-            own = res._box if res.owned else _NULL  # the C switch takes it over
-            try:
-                depth = _raw_enter(res.fd, _BLOCK, own)
-            except BaseException:
-                _raw_undo_last()
-                raise
-            if depth < 0:
-                sys_.fail(depth, res.what, fd=res.fd)
-        return ns if type(ns) is NsHandle else None
+        res = _resolve_for_enter(ns)
+        given = ns if type(ns) is NsHandle else None
+        own = res._box if res.owned else _NULL  # the C switch takes it over
+        try:
+            depth = _raw_enter(res.fd, _BLOCK, own)
+        except BaseException:
+            _raw_undo_last()
+            raise
+        if depth > 0:
+            # Nothing that calls a function may come between a successful
+            # switch and this return: an interrupt raised there would leave
+            # the block switched without a `with` to end it.
+            return given
+        fd, what = res.fd, res.what
+        res.close()
+        sys_.fail(depth, what, fd=fd)
 
     __exit__ = _block_exit.__exit__
 
 
+class _RevertResult(dict[int, None]):
+    """Return codes of the C revert: 0 and 1 (already over) are fine, the rest raise."""
+
+    def __init__(self, revert: Revert) -> None:
+        super().__init__({0: None, 1: None})
+        self.revert = weakref.ref(revert)
+        self.what = revert._what
+
+    def __missing__(self, rc: int) -> None:
+        err = sys_.ffi.errno  # first: the next C call overwrites it
+        revert = self.revert()
+        if revert is None or getattr(revert, "_finalizing", False):
+            # Collected on another thread (or out of order): nothing can be
+            # done from here; say so as an unclosed file would.
+            warnings.warn(
+                f"switch_to({self.what}) was never reverted", ResourceWarning, stacklevel=2
+            )
+            return None
+        if rc == sys_.ETHREAD:
+            raise RuntimeError(
+                f"revert() of the switch to {self.what} must be called on the thread that switched"
+            )
+        sys_.leave_failed(rc, self.what, err)
+
+
+def _noop() -> None:
+    return None
+
+
 @final
-class Revert:
+class Revert(_io._IOBase):
     """Moves the thread back from a :func:`switch_to`.  Idempotent.
 
     Call it (or leave its ``with`` block) on the thread that switched.  If an
     enclosing :func:`entered` block has already moved the thread back past
-    this switch, the switch is gone and calling this is a no-op.  A revert
-    collected while its switch is still the thread's innermost (an
-    interrupt dropped it) moves the thread back, with a ``ResourceWarning``.
+    this switch, the switch is gone and calling this is a no-op.
+
+    Interrupt-safe: calling it, leaving its ``with`` block and collecting it
+    all reach the C core without running a Python frame first (see the
+    comment on entered's exit), so a ``KeyboardInterrupt`` cannot land in
+    between; a revert that an interrupt dropped before the caller could
+    call it moves the thread back as it is collected, if its switch is still
+    the thread's innermost.
+
+    :raises RuntimeError: (when called) on another thread, or out of order
+        (an inner switch is still active); nothing changed and it may be
+        called again later.
+    :raises NamespaceRestoreError: the kernel refused; the thread is poisoned.
     """
 
-    __slots__ = ("_depth", "_serial", "_thread", "_what")
+    closed = False  # so the io finalizer calls close(): an unreverted switch is reverted
 
     def __init__(self, what: str) -> None:
-        self._depth = 0  # set by switch_to() once the thread has moved
-        self._serial = 0  # which switch at that depth is ours
         self._what = what
-        self._thread = threading.get_ident()
+        self._depth = 0  # set by switch_to() once the thread has moved
+        self._serial = _raw_next_serial()  # what the enter will be numbered
+        token = _raw_thread_token()
+        # close() is the revert, C all the way: the leave, then a lookup
+        # that maps its return code to None or to the error's raise.
+        self.close = map(  # type: ignore[method-assign]
+            _RevertResult(self).__getitem__,
+            iter(functools.partial(_raw_revert, self._serial, token), _NEVER),
+        ).__next__
+
+    __call__ = property(operator.attrgetter("close"))
 
     @property
     def done(self) -> bool:
         """Whether this switch is over: reverted, or undone by an enclosing block."""
         return self._depth == 0 or _raw_serial(self._depth) != self._serial
 
-    def __call__(self) -> None:
-        """Move the thread back (a no-op the second time).
-
-        :raises RuntimeError: called on another thread, or out of order (an
-            inner switch is still active); nothing changed and it may be
-            called again later.
-        :raises NamespaceRestoreError: the kernel refused; the thread is
-            poisoned.
-        """
-        depth = self._depth
-        if not depth:
-            return
-        if threading.get_ident() != self._thread:
-            raise RuntimeError(
-                f"revert() of the switch to {self._what} must be called on the thread that switched"
-            )
-        serial = self._serial
-        if _raw_serial(depth) != serial:
-            self._depth = 0  # already undone (by this revert, or by an enclosing block)
-            return
-        rc = _raw_leave(depth, serial)  # one C call; whether it ran, C knows
-        if rc < 0:
-            if rc != sys_.EORDER:
-                err = sys_.ffi.errno
-                self._depth = 0  # over, if badly: the thread is poisoned
-                sys_.leave_failed(rc, self._what, err)
-            sys_.leave_failed(rc, self._what)
-        self._depth = 0
-
-    def __enter__(self) -> Revert:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self()
-
-    def __del__(self) -> None:
-        depth = getattr(self, "_depth", 0)
-        if not depth or threading.get_ident() != self._thread:
-            if depth:
-                warnings.warn(
-                    f"switch_to({self._what}) was never reverted", ResourceWarning, stacklevel=2
-                )
-            return
-        if _raw_serial(depth) != self._serial:
-            return  # its switch was already undone
-        moved = _raw_depth() == depth and _raw_leave(depth, self._serial) == 0
-        warnings.warn(
-            f"switch_to({self._what}) was never reverted"
-            + ("; the thread was moved back as its revert was collected" if moved else ""),
-            ResourceWarning,
-            stacklevel=2,
-        )
+    def __repr__(self) -> str:
+        return f"<Revert {self._what} {'done' if self.done else 'active'}>"
 
 
 def switch_to(ns: NsRef) -> Revert:
@@ -341,20 +329,19 @@ def switch_to(ns: NsRef) -> Revert:
     res = resolve(ns)
     try:
         _refuse_on_loop(res.what)
-        # Made before the switch, so no call can be interrupted between the
-        # switch and the object that undoes it.
+        # Made before the switch (it knows the number the switch will get),
+        # so no call can be interrupted between the switch and its undoer.
         revert = Revert(res.what)
         own = res._box if res.owned else _NULL  # the C switch takes it over
         try:
             depth = _raw_enter(res.fd, _SWITCH, own)
-            serial = _raw_serial(depth) if depth > 0 else 0
         except BaseException:
-            _raw_undo_last()  # an interrupt as a C call returned: undo that switch
+            _raw_undo_last()  # an interrupt as the C call returned: undo that switch
             raise
         if depth < 0:
+            revert.close = _noop  # type: ignore[method-assign]  # its number was never used: it must undo nothing
             sys_.fail(depth, res.what, fd=res.fd)
         revert._depth = depth
-        revert._serial = serial
     except BaseException:
         res.close()
         raise
@@ -395,13 +382,17 @@ class _Owned:
         finally:
             self.res.close()
 
-    def start(self, thread: threading.Thread) -> None:
-        """Start *thread*, which owns the fd from then on."""
+    def start(self, body: Callable[[], None]) -> None:
+        """Run *body* on a new thread, which owns the fd from then on.
+
+        A bare thread: ``threading.Thread.start`` can be interrupted half
+        way (registered, never started, unjoinable for ever); this is one C
+        call, after which the thread runs whatever happens to the caller.
+        """
         try:
-            thread.start()
-        except BaseException:
-            if thread.ident is None:  # never ran: nobody else will close it
-                self.res.close()
+            _thread.start_new_thread(body, ())
+        except Exception:
+            self.res.close()  # never ran: nobody else will close it
             raise
 
 
@@ -421,9 +412,17 @@ def run_in(ns: NsRef, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) 
         except BaseException as e:
             box.append((False, e))
 
-    t = threading.Thread(target=body, name=f"nslib-run-in {target.what}", daemon=True)
-    target.start(t)
-    t.join()
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def run() -> None:
+        try:
+            body()
+        finally:
+            done.release()
+
+    target.start(run)
+    done.acquire()  # an interrupt here leaves the thread to finish and clean up alone
     ok, value = box[0]
     if ok:
         return value  # type: ignore[no-any-return]
@@ -448,7 +447,7 @@ async def run_in_async(ns: NsRef, fn: Callable[P, T], /, *args: P.args, **kwargs
         else:
             fut.set_result(result)
 
-    target.start(threading.Thread(target=body, name=f"nslib-run-in {target.what}", daemon=True))
+    target.start(body)
     return await asyncio.wrap_future(fut)
 
 
@@ -469,76 +468,30 @@ class PinnedExecutor(Executor):
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._shutdown = False
-        ready: Future[None] = Future()
-        self._thread = threading.Thread(
-            target=self._work, args=(target, ready), name=f"nslib-pinned {target.what}", daemon=True
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        # The worker must not keep the executor alive: an executor that an
+        # interrupt dropped before anyone held it stops its worker when
+        # collected (SimpleQueue.put is C: nothing to interrupt there).
+        weakref.finalize(self, self._queue.put, _STOP)
+        # A bare lock, not a Future: Condition.wait can be interrupted half
+        # way and then fails with its own RuntimeError instead.
+        ready = _thread.allocate_lock()
+        ready.acquire()
+        joined: list[BaseException | None] = []
+        work = functools.partial(
+            _pinned_work, self._queue, self._what, target, ready, joined, self._done
         )
-        target.start(self._thread)
+        target.start(work)
         try:
-            ready.result()
+            ready.acquire()
+            if joined[0] is not None:
+                raise joined[0]
         except BaseException:
             # The join failed (or we were interrupted): stop the worker.
             self._shutdown = True
             self._queue.put(_STOP)
-            self._thread.join()
             raise
-
-    def _work(self, target: _Owned, ready: Future[None]) -> None:
-        try:
-            target.join()
-        except BaseException as e:
-            ready.set_exception(e)
-            return
-        ready.set_result(None)
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            fut, fn, args, kwargs = item
-            del item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            # A task whose switch failed to move back has left the worker in
-            # the wrong namespace: run nothing more there.
-            if sys_.poisoned():
-                fut.set_exception(
-                    NamespaceRestoreError(
-                        errno.EIO,
-                        f"the pinned worker for {self._what} is no longer in its namespace "
-                        "(an earlier task failed to switch back)",
-                    )
-                )
-                continue
-            try:
-                result, error = fn(*args, **kwargs), None
-            except BaseException as e:
-                result, error = None, e
-            del fn, args, kwargs
-            if _raw_depth():
-                task_error, error = error, self._move_back()
-                if task_error is not None:
-                    error.__cause__ = task_error  # keep the task's own failure
-            if error is None:
-                fut.set_result(result)
-            else:
-                fut.set_exception(error)
-            del fut, result, error
-
-    def _move_back(self) -> BaseException:
-        # The task left a switch_to() open.  The worker belongs in its
-        # namespace, so undo it (the task's revert becomes a no-op) and fail
-        # the task, as an entered() block does.
-        if _raw_unwind(1) < 0:
-            err = sys_.ffi.errno
-            return NamespaceRestoreError(
-                err,
-                f"{os.strerror(err)}: a task left the pinned worker for {self._what} switched "
-                "and it cannot move back; the worker is poisoned",
-            )
-        return RuntimeError(
-            f"a task left the pinned worker for {self._what} inside a switch_to() it never "
-            "reverted; the worker was moved back and the task failed"
-        )
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on the pinned worker."""
@@ -564,11 +517,88 @@ class PinnedExecutor(Executor):
                             item[0].cancel()
                 self._queue.put(_STOP)
         if wait:
-            self._thread.join()
+            with self._done:  # released when the worker ends
+                pass
 
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else "running"
         return f"<PinnedExecutor {self._what} {state}>"
+
+
+def _pinned_work(
+    queue_: queue.SimpleQueue[Any],
+    what: str,
+    target: _Owned,
+    ready: Any,
+    joined: list[BaseException | None],
+    done: Any,
+) -> None:
+    try:
+        try:
+            target.join()
+        except BaseException as e:
+            joined.append(e)
+            return
+        finally:
+            if not joined:
+                joined.append(None)
+            ready.release()
+        _pinned_loop(queue_, what)
+    finally:
+        done.release()
+
+
+def _pinned_loop(queue_: queue.SimpleQueue[Any], what: str) -> None:
+    while True:
+        item = queue_.get()
+        if item is _STOP:
+            break
+        fut, fn, args, kwargs = item
+        del item
+        if not fut.set_running_or_notify_cancel():
+            continue
+        # A task whose switch failed to move back has left the worker in
+        # the wrong namespace: run nothing more there.
+        if sys_.poisoned():
+            fut.set_exception(
+                NamespaceRestoreError(
+                    errno.EIO,
+                    f"the pinned worker for {what} is no longer in its namespace "
+                    "(an earlier task failed to switch back)",
+                )
+            )
+            continue
+        try:
+            result, error = fn(*args, **kwargs), None
+        except BaseException as e:
+            result, error = None, e
+        del fn, args, kwargs
+        if _raw_depth():
+            task_error, error = error, _move_back(what)
+            if task_error is not None:
+                error.__cause__ = task_error  # keep the task's own failure
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
+        del fut, result, error
+
+
+def _move_back(what: str) -> BaseException:
+    # The task left a switch_to() open.  The worker belongs in its
+    # namespace, so undo it (the task's revert becomes a no-op) and fail
+    # the task, as an entered() block does.
+    if _raw_unwind(1) < 0:
+        err = sys_.ffi.errno
+        return NamespaceRestoreError(
+            err,
+            f"{os.strerror(err)}: a task left the pinned worker for {what} switched "
+            "and it cannot move back; the worker is poisoned",
+        )
+    return RuntimeError(
+        f"a task left the pinned worker for {what} inside a switch_to() it never "
+        "reverted; the worker was moved back and the task failed"
+    )
 
 
 def pinned(ns: NsRef) -> PinnedExecutor:
