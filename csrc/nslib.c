@@ -71,6 +71,36 @@ struct nslib_entry {
 	dev_t dev, own_dev;
 	ino_t ino, own_ino;
 	long long serial;
+	/* Every kind (see nslib_kinds): */
+	int k;			/* index into nslib_kind_type; 0: net */
+	int home;		/* saved is the thread's cached home for k: never closed */
+	int start;		/* index of the first entry of its group (one enter) */
+	int root, cwd;		/* mnt: O_PATH fds of root and cwd before, else -1 */
+	dev_t root_dev, cwd_dev;
+	ino_t root_ino, cwd_ino;
+};
+
+/*
+ * The kinds a single thread may enter and leave: net (the home above),
+ * uts, ipc, cgroup, and mnt once the thread has its own filesystem
+ * attributes (unshare(CLONE_FS), once per thread).  USER needs a
+ * single-threaded caller and PID and TIME apply to children only: those
+ * are refused in Python, which points to nslib.spawn.
+ */
+#define NSLIB_KINDS 5
+#define NSLIB_KMNT 4
+#define NSLIB_GROUPED 2		/* e[].block of an entry after the first of a group */
+static const int nslib_kind_type[NSLIB_KINDS] = {
+	CLONE_NEWNET, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWCGROUP, CLONE_NEWNS,
+};
+static const char *const nslib_kind_name[NSLIB_KINDS] = {
+	"net", "uts", "ipc", "cgroup", "mnt",
+};
+
+struct nslib_khome {
+	int fd;			/* fd + 1, 0: not open */
+	dev_t dev;
+	ino_t ino;
 };
 
 struct nslib_thread {
@@ -82,6 +112,13 @@ struct nslib_thread {
 	ino_t home_ino;
 	long long last_serial;
 	long long next;		/* serial numbers, so a stale revert is known */
+	int count[NSLIB_KINDS];	/* open entries per kind */
+	struct nslib_khome kh[NSLIB_KINDS];	/* cached homes; [0] unused (net: home) */
+	int fs_private;		/* unshare(CLONE_FS) done: mnt may be entered */
+	int failed_type;	/* the CLONE_NEW* the latest failed group enter could not join */
+	int nsdir;		/* fd + 1 of this task's /proc/.../ns directory */
+	dev_t nsdir_dev;
+	ino_t nsdir_ino;
 	struct nslib_entry e[NSLIB_MAX_DEPTH];
 };
 
@@ -109,12 +146,18 @@ static void nslib_drop(struct nslib_thread *t, int i)
 {
 	struct nslib_entry *e = &t->e[i];
 
-	if (i > 0)
+	if (!e->home)
 		nslib_close_if(e->saved, e->dev, e->ino);
 	if (e->own > 0)
 		nslib_close_if(e->own - 1, e->own_dev, e->own_ino);
+	if (e->root >= 0)
+		nslib_close_if(e->root, e->root_dev, e->root_ino);
+	if (e->cwd >= 0)
+		nslib_close_if(e->cwd, e->cwd_dev, e->cwd_ino);
+	e->root = e->cwd = -1;
 	e->own = 0;
 	e->serial = 0;
+	t->count[e->k]--;
 }
 
 static void nslib_forget_home(struct nslib_thread *t)
@@ -124,13 +167,43 @@ static void nslib_forget_home(struct nslib_thread *t)
 	t->home = 0;
 }
 
+/* Forget the cached home of kind k (> 0), closing it if it still is ours. */
+static void nslib_forget_khome(struct nslib_thread *t, int k)
+{
+	struct nslib_khome *h = &t->kh[k];
+
+	if (h->fd > 0)
+		nslib_close_if(h->fd - 1, h->dev, h->ino);
+	h->fd = 0;
+}
+
+static void nslib_forget_nsdir(struct nslib_thread *t)
+{
+	if (t->nsdir > 0)
+		nslib_close_if(t->nsdir - 1, t->nsdir_dev, t->nsdir_ino);
+	t->nsdir = 0;
+}
+
+/* Forget every cached home of a kind with no open entry. */
+static void nslib_forget_idle_homes(struct nslib_thread *t)
+{
+	int k;
+
+	if (t->count[0] == 0)
+		nslib_forget_home(t);
+	for (k = 1; k < NSLIB_KINDS; k++)
+		if (t->count[k] == 0)
+			nslib_forget_khome(t, k);
+}
+
 static void nslib_thread_exit(void *arg)
 {
 	struct nslib_thread *t = arg;
 
 	while (t->depth > 0)
 		nslib_drop(t, --t->depth);
-	nslib_forget_home(t);
+	nslib_forget_idle_homes(t);
+	nslib_forget_nsdir(t);
 }
 
 /*
@@ -143,8 +216,8 @@ static void nslib_atfork_child(void)
 {
 	struct nslib_thread *t = &nslib_t;
 
-	if (t->depth == 0)
-		nslib_forget_home(t);
+	nslib_forget_idle_homes(t);
+	nslib_forget_nsdir(t);	/* it is the parent's task's directory */
 }
 
 static int nslib_key_err;
@@ -166,8 +239,23 @@ static void nslib_moved(void)
 {
 	struct nslib_thread *t = &nslib_t;
 
-	if (t->depth == 0)
+	if (t->count[0] == 0)
 		nslib_forget_home(t);
+}
+
+/* The same for every kind in `flags` (a setns or unshare outside a switch). */
+static void nslib_moved_kinds(int flags)
+{
+	struct nslib_thread *t = &nslib_t;
+	int k;
+
+	if ((flags & CLONE_NEWNET) && t->count[0] == 0)
+		nslib_forget_home(t);
+	for (k = 1; k < NSLIB_KINDS; k++)
+		if ((flags & nslib_kind_type[k]) && t->count[k] == 0)
+			nslib_forget_khome(t, k);
+	if (flags & CLONE_FS)
+		t->fs_private = 1;
 }
 
 static int nslib_setns(int fd, int nstype)
@@ -175,7 +263,8 @@ static int nslib_setns(int fd, int nstype)
 	int rc = setns(fd, nstype);
 
 	if (rc == 0)
-		nslib_moved();
+		nslib_moved_kinds(nstype ? nstype : CLONE_NEWNET | CLONE_NEWUTS |
+				  CLONE_NEWIPC | CLONE_NEWCGROUP | CLONE_NEWNS);
 	return rc;
 }
 
@@ -183,8 +272,8 @@ static int nslib_unshare(int flags)
 {
 	int rc = unshare(flags);
 
-	if (rc == 0 && (flags & CLONE_NEWNET))
-		nslib_moved();
+	if (rc == 0)
+		nslib_moved_kinds(flags);
 	return rc;
 }
 
@@ -247,10 +336,79 @@ static int nslib_dup(int fd, int *out)
 	return dup;
 }
 
+static int nslib_key_ready(struct nslib_thread *t)
+{
+	pthread_once(&nslib_key_once, nslib_make_key);
+	if (nslib_key_err != 0 || pthread_setspecific(nslib_key, t) != 0) {
+		errno = nslib_key_err ? nslib_key_err : ENOMEM;
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * This task's /proc/<pid>/task/<tid>/ns directory, opened once per thread.
+ * Opening a namespace through it works wherever the thread is: inside a
+ * container's mount namespace, /proc/thread-self may not exist (its /proc
+ * shows another PID namespace).
+ */
+static int nslib_nsdir(struct nslib_thread *t)
+{
+	struct stat st;
+	int fd;
+
+	if (t->nsdir > 0 && nslib_same(t->nsdir - 1, t->nsdir_dev, t->nsdir_ino))
+		return t->nsdir - 1;
+	t->nsdir = 0;	/* closed and reused by someone: not ours to close */
+	fd = open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) < 0 || nslib_key_ready(t) < 0) {
+		int err = errno;
+
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	t->nsdir = fd + 1;
+	t->nsdir_dev = st.st_dev;
+	t->nsdir_ino = st.st_ino;
+	return fd;
+}
+
+/* An fd of the calling thread's namespace of kind k (0: net). */
+static int nslib_open_self(struct nslib_thread *t, int k)
+{
+	int dir = nslib_nsdir(t);
+
+	if (dir < 0)
+		return -1;
+	return openat(dir, nslib_kind_name[k], O_RDONLY | O_CLOEXEC);
+}
+
+static int nslib_open_self_id(struct nslib_thread *t, int k, dev_t *dev, ino_t *ino)
+{
+	struct stat st;
+	int fd = nslib_open_self(t, k);
+
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) < 0) {
+		int err = errno;
+
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	*dev = st.st_dev;
+	*ino = st.st_ino;
+	return fd;
+}
+
 /* The calling thread's namespace; /proc/self would be the main thread's. */
 static int nslib_open_current(int *out)
 {
-	int fd = open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
+	int fd = nslib_open_self(&nslib_t, 0);
 
 	if (fd >= 0)
 		*out = fd;
@@ -304,34 +462,22 @@ static int nslib_open_netns(int dirfd, const char *path, int *nstype, int *out)
 }
 
 /*
- * The thread's home fd, opened on first use and checked on every use.  At
- * depth 0 the thread is at home, so a cached fd that is no longer the home
- * (closed and its number reused) is forgotten (not closed: the number is no
- * longer ours) and home reopened, provided the thread still is where the
- * cached home was.  If it is not, something moved the thread for good
- * behind nslib's back as well: nothing says where home is, so poison.
+ * The thread's home fd, opened on first use.  It is not checked here: the
+ * check costs a syscall, so it is made once per switch, where it matters,
+ * right before the thread is moved back through the fd (nslib_back_to).
  */
 static int nslib_home(struct nslib_thread *t)
 {
 	struct stat st;
-	int fd, had = 0;
+	int fd;
 
-	if (t->home > 0) {
-		if (nslib_same(t->home - 1, t->home_dev, t->home_ino))
-			return t->home - 1;
-		t->home = 0;
-		had = 1;
-	}
+	if (t->home > 0)
+		return t->home - 1;
 	fd = open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
 	if (fstat(fd, &st) < 0)
 		goto fail;
-	if (had && (st.st_dev != t->home_dev || st.st_ino != t->home_ino)) {
-		close(fd);
-		t->poisoned = 1;
-		return NSLIB_EHOME;
-	}
 	pthread_once(&nslib_key_once, nslib_make_key);
 	if (nslib_key_err != 0 || pthread_setspecific(nslib_key, t) != 0) {
 		errno = nslib_key_err ? nslib_key_err : ENOMEM;
@@ -344,6 +490,28 @@ static int nslib_home(struct nslib_thread *t)
 fail:
 	close(fd);
 	return -1;
+}
+
+/*
+ * The cached home fd is no longer the home (closed and its number reused).
+ * Most threads' home is the process's main namespace: if /proc/self's is
+ * the recorded home, reopen it there and carry on.  Otherwise nothing says
+ * where home is: -1, and the caller poisons the thread.
+ */
+static int nslib_reopen_home(struct nslib_thread *t, struct nslib_entry *e)
+{
+	struct stat st;
+	int fd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) < 0 || st.st_dev != t->home_dev || st.st_ino != t->home_ino) {
+		close(fd);
+		return -1;
+	}
+	t->home = fd + 1;	/* the old number is not ours: never close it */
+	e->saved = fd;
+	return fd;
 }
 
 /*
@@ -366,14 +534,15 @@ static int nslib_enter_(struct nslib_thread *t, int target, int kind, int *own)
 		return -1;
 	}
 	e = &t->e[t->depth];
-	if (t->depth == 0) {
+	e->home = t->count[0] == 0;
+	if (e->home) {
 		prev = nslib_home(t);
 		if (prev < 0)
 			return prev;
 		e->dev = t->home_dev;
 		e->ino = t->home_ino;
 	} else {
-		prev = open(NSLIB_SELF, O_RDONLY | O_CLOEXEC);
+		prev = nslib_open_self(t, 0);
 		if (prev < 0)
 			return -1;
 		if (fstat(prev, &st) < 0)
@@ -394,13 +563,17 @@ static int nslib_enter_(struct nslib_thread *t, int target, int kind, int *own)
 		e->own_ino = st.st_ino;
 		*own = -1;
 	}
+	e->k = 0;
+	e->start = t->depth;
+	e->root = e->cwd = -1;
+	t->count[0]++;
 	e->serial = ++t->next;
 	t->last_serial = e->serial;
 	t->last = ++t->depth;
 	return t->depth;
 fail:
 	err = errno;
-	if (t->depth)
+	if (!e->home)
 		close(prev);
 	errno = err;
 	return -1;
@@ -418,20 +591,61 @@ static int nslib_enter(int target, int kind, int *own)
  * to go back through is checked first: if it is no longer what was saved,
  * the thread stays where it is, poisoned, and NSLIB_EHOME says why.
  */
+static int nslib_restore(struct nslib_thread *t, struct nslib_entry *e)
+{
+	if (!nslib_same(e->saved, e->dev, e->ino) &&
+	    !(e->home && e->k == 0 && nslib_reopen_home(t, e) >= 0)) {
+		if (e->home) {	/* not ours any more: never close it */
+			if (e->k == 0)
+				t->home = 0;
+			else
+				t->kh[e->k].fd = 0;
+		}
+		e->saved = -1;
+		errno = EBADF;
+		return NSLIB_EHOME;
+	}
+	if (setns(e->saved, nslib_kind_type[e->k]) < 0)
+		return -1;
+	if (e->k != NSLIB_KMNT)
+		return 0;
+	/*
+	 * Joining a mount namespace moves root and cwd to its root: put back
+	 * the ones the thread had (its own: it unshared CLONE_FS).
+	 */
+	if (!nslib_same(e->root, e->root_dev, e->root_ino) ||
+	    !nslib_same(e->cwd, e->cwd_dev, e->cwd_ino)) {
+		errno = EBADF;
+		return NSLIB_EHOME;
+	}
+	if (fchdir(e->root) < 0 || chroot(".") < 0 || fchdir(e->cwd) < 0)
+		return -1;
+	close(e->root);	/* just checked: ours */
+	close(e->cwd);
+	e->root = e->cwd = -1;
+	return 0;
+}
+
+/*
+ * Each kind moved by the entries from i up goes back to where the first of
+ * them found it.  All are tried even if one fails: a thread is left in as
+ * few foreign namespaces as possible, and poisoned.
+ */
 static int nslib_back_to(struct nslib_thread *t, int i)
 {
-	struct nslib_entry *e = &t->e[i];
-	int rc, err;
+	int j, r, rc = 0, err = 0, done = 0;
 
-	if (!nslib_same(e->saved, e->dev, e->ino)) {
-		if (i == 0)
-			t->home = 0;	/* not ours any more: never close it */
-		e->saved = -1;
-		rc = NSLIB_EHOME;
-		err = EBADF;
-	} else {
-		rc = setns(e->saved, CLONE_NEWNET);
-		err = errno;
+	for (j = i; j < t->depth; j++) {
+		struct nslib_entry *e = &t->e[j];
+
+		if (done & (1 << e->k))
+			continue;
+		done |= 1 << e->k;
+		r = nslib_restore(t, e);
+		if (r < 0 && rc == 0) {
+			rc = r;
+			err = errno;
+		}
 	}
 	while (t->depth > i)
 		nslib_drop(t, --t->depth);	/* a saved fd of -1 fails its check */
@@ -457,7 +671,7 @@ static int nslib_leave(int depth, long long serial)
 	if (t->depth <= 0 || t->depth != depth ||
 	    (serial && t->e[depth - 1].serial != serial))
 		return NSLIB_EORDER;
-	return nslib_back_to(t, depth - 1);
+	return nslib_back_to(t, t->e[depth - 1].start);
 }
 
 /*
@@ -470,7 +684,7 @@ static int nslib_unwind(int depth)
 
 	if (depth <= 0 || depth > t->depth)
 		return NSLIB_EORDER;
-	return nslib_back_to(t, depth - 1);
+	return nslib_back_to(t, t->e[depth - 1].start);
 }
 
 /*
@@ -488,7 +702,7 @@ static int nslib_exit_block(void)
 		i--;
 	if (i < 0)
 		return NSLIB_EORDER;
-	inner = t->depth - 1 > i;
+	inner = t->e[t->depth - 1].start != i;
 	rc = nslib_back_to(t, i);
 	return rc == 0 && inner ? NSLIB_EUNWOUND : rc;
 }
@@ -507,7 +721,7 @@ static int nslib_undo_last(void)
 	t->last = 0;
 	if (d <= 0 || d != t->depth || t->e[d - 1].serial != t->last_serial)
 		return 0;
-	return nslib_back_to(t, d - 1) == 0 ? 1 : -1;
+	return nslib_back_to(t, t->e[d - 1].start) == 0 ? 1 : -1;
 }
 
 /* The serial number the next successful enter on this thread will get. */
@@ -536,8 +750,284 @@ static int nslib_revert(long long serial, long long token)
 		return 1;
 	if (i != t->depth - 1)
 		return NSLIB_EORDER;
-	return nslib_back_to(t, i);
+	return nslib_back_to(t, t->e[i].start);
 }
+
+/* ---- every kind: entering several namespaces as one switch ---------------- */
+
+static int nslib_kind_index(int nstype)
+{
+	int k;
+
+	for (k = 0; k < NSLIB_KINDS; k++)
+		if (nslib_kind_type[k] == nstype)
+			return k;
+	return -1;
+}
+
+/* The cached home of kind k (> 0); see nslib_home for the rules. */
+static int nslib_khome(struct nslib_thread *t, int k, dev_t *dev, ino_t *ino)
+{
+	struct nslib_khome *h = &t->kh[k];
+	struct stat st;
+	int fd, had = 0;
+
+	if (h->fd > 0) {
+		if (nslib_same(h->fd - 1, h->dev, h->ino))
+			goto out;
+		h->fd = 0;
+		had = 1;
+	}
+	fd = nslib_open_self(t, k);
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) < 0) {
+		close(fd);
+		return -1;
+	}
+	if (had && (st.st_dev != h->dev || st.st_ino != h->ino)) {
+		close(fd);
+		t->poisoned = 1;
+		return NSLIB_EHOME;
+	}
+	pthread_once(&nslib_key_once, nslib_make_key);
+	if (nslib_key_err != 0 || pthread_setspecific(nslib_key, t) != 0) {
+		close(fd);
+		errno = nslib_key_err ? nslib_key_err : ENOMEM;
+		return -1;
+	}
+	h->fd = fd + 1;
+	h->dev = st.st_dev;
+	h->ino = st.st_ino;
+out:
+	*dev = h->dev;
+	*ino = h->ino;
+	return h->fd - 1;
+}
+
+static int nslib_open_id(const char *path, int flags, dev_t *dev, ino_t *ino)
+{
+	struct stat st;
+	int fd = open(path, flags | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) < 0) {
+		close(fd);
+		return -1;
+	}
+	*dev = st.st_dev;
+	*ino = st.st_ino;
+	return fd;
+}
+
+/* Record where the thread is in kind k, as entry e (not yet counted). */
+static int nslib_save(struct nslib_thread *t, struct nslib_entry *e, int k)
+{
+	int fd;
+
+	e->k = k;
+	e->own = 0;
+	e->root = e->cwd = -1;
+	e->home = t->count[k] == 0;
+	if (e->home)
+		fd = k == 0 ? nslib_home(t) : nslib_khome(t, k, &e->dev, &e->ino);
+	else
+		fd = nslib_open_self_id(t, k, &e->dev, &e->ino);
+	if (fd < 0)
+		return fd;
+	if (e->home && k == 0) {
+		e->dev = t->home_dev;
+		e->ino = t->home_ino;
+	}
+	e->saved = fd;
+	if (k == NSLIB_KMNT) {
+		e->root = nslib_open_id("/", O_PATH | O_DIRECTORY, &e->root_dev, &e->root_ino);
+		if (e->root >= 0)
+			e->cwd = nslib_open_id(".", O_PATH | O_DIRECTORY, &e->cwd_dev, &e->cwd_ino);
+		if (e->root < 0 || e->cwd < 0) {
+			int err = errno;
+
+			if (e->root >= 0)
+				close(e->root);
+			if (!e->home)
+				close(fd);
+			e->root = e->cwd = -1;
+			errno = err;
+			return -1;
+		}
+	}
+	t->count[k]++;
+	return 0;
+}
+
+/*
+ * Enter the namespaces fds[1..n] (of types types[0..n-1]: net, uts, ipc,
+ * cgroup, mnt; each at most once) as one switch: every one is entered, or
+ * none is and the thread has not moved (or, if moving back the ones
+ * already entered failed, it is poisoned: NSLIB_ERESTORE).  With a pidfd
+ * (>= 0), one setns(pidfd, types) first tries to join that process's
+ * namespaces of those types at once (atomic, Linux 5.8+); the fds are the
+ * fallback, joined one by one.  `block` as for nslib_enter.  If
+ * `owned`, the switch takes fds[1..n] over (they become -1) and closes
+ * them when it ends.  Returns the new depth; on failure the type that
+ * could not be joined is nslib_failed_type().
+ */
+static int nslib_enter_kinds(int *fds, const int *types, int n, int block, int pidfd,
+			     int owned)
+{
+	struct nslib_thread *t = &nslib_t;
+	struct nslib_entry *e;
+	struct stat st;
+	int i, k, rc, err, start = t->depth, mask = 0;
+
+	t->last = 0;
+	t->failed_type = 0;
+	if (t->poisoned)
+		return NSLIB_EPOISONED;
+	if (n < 1 || n > NSLIB_KINDS || fds[0] != n) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (t->depth + n > NSLIB_MAX_DEPTH) {
+		errno = EOVERFLOW;
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		k = nslib_kind_index(types[i]);
+		if (k < 0 || (mask & types[i])) {
+			t->failed_type = types[i];
+			errno = EINVAL;
+			return -1;
+		}
+		mask |= types[i];
+	}
+	/* A thread must not share its filesystem attributes to change mount ns. */
+	if ((mask & CLONE_NEWNS) && !t->fs_private) {
+		if (unshare(CLONE_FS) < 0) {
+			t->failed_type = CLONE_NEWNS;
+			return -1;
+		}
+		t->fs_private = 1;
+	}
+	for (i = 0; i < n; i++) {
+		e = &t->e[t->depth];
+		rc = nslib_save(t, e, nslib_kind_index(types[i]));
+		if (rc < 0)
+			goto unpush;
+		e->start = start;
+		e->block = i == 0 ? block : NSLIB_GROUPED;
+		e->serial = t->next + 1;
+		t->depth++;
+		if (owned && fds[i + 1] >= 0 && fstat(fds[i + 1], &st) == 0) {
+			e->own = fds[i + 1] + 1;
+			e->own_dev = st.st_dev;
+			e->own_ino = st.st_ino;
+		}
+	}
+	if (pidfd < 0 || setns(pidfd, mask) < 0) {
+		for (i = 0; i < n; i++) {
+			if (setns(fds[i + 1], types[i]) == 0)
+				continue;
+			err = errno;
+			t->failed_type = types[i];
+			/* Entries not joined yet: nothing to undo, only forget them. */
+			while (t->depth > start + i) {
+				t->e[t->depth - 1].own = 0;
+				nslib_drop(t, --t->depth);
+			}
+			if (i > 0 && nslib_back_to(t, start) < 0)
+				return NSLIB_ERESTORE;
+			errno = err;
+			return -1;
+		}
+	}
+	if (owned)
+		for (i = 0; i < n; i++)
+			fds[i + 1] = -1;	/* the entries own them now */
+	t->next++;
+	t->last_serial = t->next;
+	t->last = t->depth;
+	return t->depth;
+unpush:
+	err = errno;
+	while (t->depth > start) {
+		t->e[t->depth - 1].own = 0;	/* not taken over: the caller keeps them */
+		nslib_drop(t, --t->depth);
+	}
+	errno = err;
+	return rc;
+}
+
+/*
+ * One namespace of any switchable kind: nslib_enter for uts, ipc, cgroup
+ * and mnt handles (net handles take nslib_enter).  *own as there.
+ */
+static int nslib_enter_kind(int target, int nstype, int block, int *own)
+{
+	struct nslib_entry *e;
+	struct stat st;
+	int fds[2] = { 1, target };
+	int rc;
+
+	if (own && *own >= 0 && fstat(*own, &st) < 0)
+		return -1;
+	rc = nslib_enter_kinds(fds, &nstype, 1, block, -1, 0);
+	if (rc > 0 && own && *own >= 0) {
+		e = &nslib_t.e[rc - 1];
+		e->own = *own + 1;
+		e->own_dev = st.st_dev;
+		e->own_ino = st.st_ino;
+		*own = -1;
+	}
+	return rc;
+}
+
+/* The CLONE_NEW* type the latest failed nslib_enter_kinds() could not join. */
+static int nslib_failed_type(void) { return nslib_t.failed_type; }
+
+/* Close every fd left in a box made for nslib_enter_kinds (a[0] is n). */
+static void nslib_fdarray_close(int *a)
+{
+	int i;
+
+	for (i = 1; i <= a[0] && i <= NSLIB_KINDS; i++) {
+		if (a[i] >= 0)
+			close(a[i]);
+		a[i] = -1;
+	}
+}
+
+/* The calling thread's namespace of type nstype, into *out (any mount ns). */
+static int nslib_open_current_kind(int nstype, int *out)
+{
+	int k = nslib_kind_index(nstype), fd;
+
+	if (k < 0) {	/* not switchable: still readable through the same directory */
+		const char *name;
+		int dir = nslib_nsdir(&nslib_t);
+
+		switch (nstype) {
+		case CLONE_NEWUSER: name = "user"; break;
+		case CLONE_NEWPID: name = "pid"; break;
+		case CLONE_NEWTIME: name = "time"; break;
+		default:
+			errno = EINVAL;
+			return -1;
+		}
+		if (dir < 0)
+			return -1;
+		fd = openat(dir, name, O_RDONLY | O_CLOEXEC);
+	} else {
+		fd = nslib_open_self(&nslib_t, k);
+	}
+	if (fd >= 0)
+		*out = fd;
+	return fd;
+}
+
+/* Whether the calling thread has its own filesystem attributes (for tests). */
+static int nslib_fs_private(void) { return nslib_t.fs_private; }
 
 /* The serial number of the switch at `depth`, or 0 if there is none. */
 static long long nslib_serial(int depth)

@@ -52,6 +52,13 @@ int nslib_poisoned(void);
 int nslib_home_fd(void);
 int nslib_join(int target);
 
+int nslib_enter_kinds(int *fds, const int *types, int n, int block, int pidfd,
+		      int owned);
+int nslib_enter_kind(int target, int nstype, int block, int *own);
+int nslib_open_current_kind(int nstype, int *out);
+int nslib_failed_type(void);
+void nslib_fdarray_close(int *a);
+int nslib_fs_private(void);
 int nslib_socket_in(int target, int family, int type, int proto, int *out);
 
 int nslib_new_netns(int *out);

@@ -515,3 +515,59 @@ def spawn(
     if pid < 0:
         return -1, int(out.step), int(out.kind), int(out.err)
     return int(pid), 0, 0, 0
+
+
+# -- switching a thread into namespaces of every kind (see _kinds_switch.py) ---
+
+raw_enter_kind = lib.nslib_enter_kind
+raw_enter_kinds = lib.nslib_enter_kinds
+failed_type = lib.nslib_failed_type
+
+
+def fdarray(fds: list[int]) -> object:
+    """A C ``int[]`` of *fds* (after their count) that closes those left in it when collected.
+
+    :func:`raw_enter_kinds` takes the fds out of it (they become -1) when
+    the switch takes them over.
+    """
+    return ffi.gc(ffi.new("int[]", [len(fds), *fds]), lib.nslib_fdarray_close)
+
+
+def close_fdarray(box: object) -> None:
+    """Close the fds left in an :func:`fdarray`, in one C call."""
+    lib.nslib_fdarray_close(box)
+
+
+def int_array(values: list[int]) -> object:
+    """A C ``int[]`` of *values*."""
+    return ffi.new("int[]", values)
+
+
+def fail_kinds(rc: int, err: int, nstype: int, what: str) -> NoReturn:
+    """Raise for a failed enter of namespaces of any kind (*err*: its errno)."""
+    if rc == _EPOISONED:
+        raise poisoned_error(what)
+    kind = _NSTYPES.get(nstype, "a") if nstype else "a"
+    if rc in (_ERESTORE, _EHOME):
+        raise NamespaceRestoreError(
+            err,
+            f"{os.strerror(err)}: entering the {kind} namespace of {what} failed and the "
+            "namespaces already entered could not be left; this thread is now poisoned",
+        )
+    raise oserror(err, f"entering the {kind} namespace ({what})")
+
+
+def open_current_kind_into(box: object, nstype: int) -> None:
+    """An fd of the calling thread's namespace of type *nstype*, into *box*.
+
+    Read through the thread's own ``/proc`` directory, kept open, so it
+    works inside a container's mount namespace too.
+    """
+    if lib.nslib_open_current_kind(nstype, box) < 0:
+        err = ffi.errno
+        raise oserror(err, f"the calling thread's {_NSTYPES.get(nstype, hex(nstype))} namespace")
+
+
+def fs_private() -> bool:
+    """Whether the calling thread has its own cwd and root (it entered a mount namespace)."""
+    return bool(lib.nslib_fs_private())

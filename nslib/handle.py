@@ -174,14 +174,19 @@ class NsHandle:
 
     @classmethod
     def current(cls, kind: KindArg = "net") -> NsHandle:
-        """The calling *thread's* namespace of *kind* (``/proc/thread-self/ns/KIND``)."""
+        """The calling *thread's* namespace of *kind* (``/proc/thread-self/ns/KIND``).
+
+        Read through the thread's own ``/proc`` entry, kept open since its
+        first switch, so it works inside a container's mount namespace too
+        (whose ``/proc`` may not show this thread).
+        """
         want = _want(kind)
         if want == 0:
             raise InvalidReference("current() needs a kind of namespace, not None")
         if want != _NET:
-            what = f"the calling thread's {_kind_name(want)} namespace"
-            path = b"/proc/thread-self/ns/" + _kind_name(want).encode()
-            return _open_kind(path, want, what)
+            box = sys_.fd_box()
+            sys_.open_current_kind_into(box, want)
+            return _from_box(box, f"the calling thread's {_kind_name(want)} namespace", want)
         box = sys_.fd_box()
         sys_.open_current_into(box)
         return _from_box(box, "the calling thread's namespace")

@@ -46,10 +46,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar, final
 
+from . import _kinds_switch as _kinds
 from . import _syscalls as sys_
 from ._resolve import NsRef, Resolved, resolve
 from .errors import ClosedHandleError, NamespaceRestoreError
 from .handle import NsHandle
+from .kinds import Target
 
 __all__ = [
     "PinnedExecutor",
@@ -81,6 +83,7 @@ _raw_socket_in = sys_.raw_socket_in
 _BLOCK = sys_.BLOCK
 _SWITCH = sys_.SWITCH
 _NULL = sys_.NULL
+_NET = sys_.CLONE_NEWNET
 _fd_box = sys_.fd_box
 _Socket = socket.socket
 _sock_new = socket.socket.__new__
@@ -194,20 +197,33 @@ class entered:
     an exception is already leaving the block, ``RuntimeError`` reports the
     bug.
 
+    Every kind a thread can enter and leave: an :class:`NsHandle` of
+    another kind (``NsHandle.from_pid(pid, kind="uts")``) enters that kind
+    only; several references (``entered(net, uts, mnt)``) or a
+    :class:`~nslib.Target` (``entered(Target(pid, kinds=["net", "mnt"]))``)
+    enter them all as one switch, all or nothing.  NET, UTS, IPC and CGROUP
+    are per thread; the first MNT switch gives the thread its own cwd and
+    root, and leaving puts both back (see :mod:`nslib._kinds_switch`).
+    USER, PID and TIME raise :class:`~nslib.NotSwitchableError`: start a
+    process in them with :mod:`nslib.spawn`.
+
     :raises NamespaceRestoreError: moving back failed; the thread is poisoned.
     :raises ClosedHandleError: *ns* is a closed handle.
-    :raises NotANamespace: *ns* is not a network namespace.
+    :raises NotANamespace: *ns* is not a network namespace (a reference that
+        names no kind means NET).
+    :raises NotSwitchableError: a USER, PID or TIME namespace.
     :raises RuntimeError: on an event loop thread.
     """
 
-    __slots__ = ("_ns",)
+    __slots__ = ("_more", "_ns")
 
-    def __init__(self, ns: NsRef) -> None:
+    def __init__(self, ns: NsRef | Target, *more: NsRef) -> None:
         self._ns = ns
+        self._more = more
 
     def __enter__(self) -> NsHandle | None:
         ns = self._ns
-        if type(ns) is NsHandle:
+        if type(ns) is NsHandle and ns._nstype == _NET and not self._more:
             # The hot path: a handle we do not own, no open, one C call.
             fd = ns._fd
             if fd >= 0 and _running_loop() is None:
@@ -221,7 +237,9 @@ class entered:
                 if depth > 0:
                     return ns
                 sys_.fail(depth, ns.what, fd=fd)  # reads errno first; no second try
-        res = _resolve_for_enter(ns)
+        if self._more or _kinds.wants(ns):
+            return self._enter_kinds()
+        res = _resolve_for_enter(ns)  # type: ignore[arg-type]
         given = ns if type(ns) is NsHandle else None
         own = res._box if res.owned else _NULL  # the C switch takes it over
         try:
@@ -237,6 +255,15 @@ class entered:
         fd, what = res.fd, res.what
         res.close()
         sys_.fail(depth, what, fd=fd)
+
+    def _enter_kinds(self) -> NsHandle | None:
+        # Another kind than net, several namespaces, or a Target.
+        items = (self._ns, *self._more)
+        given = items[0] if len(items) == 1 and type(items[0]) is NsHandle else None
+        what = _kinds.describe(items)
+        _refuse_on_loop(what)
+        _kinds.enter(items, _BLOCK, what)
+        return given  # no call between the switch and here (see above)
 
     __exit__ = _block_exit.__exit__
 
@@ -316,17 +343,21 @@ class Revert(_io._IOBase):
         return f"<Revert {self._what} {'done' if self.done else 'active'}>"
 
 
-def switch_to(ns: NsRef) -> Revert:
+def switch_to(ns: NsRef | Target, *more: NsRef) -> Revert:
     """Move the calling thread into *ns*; return the callable that moves it back.
 
     The ``SwitchToNamespace`` of the Ligato vpp-agent's namespace plugin:
     the caller must call the returned :class:`Revert` (or use it as a
     context manager).  Reverts must happen innermost first and on the same
-    thread.  *ns* is any reference :func:`entered` takes.
+    thread.  *ns* (and *more*) are any references :func:`entered` takes,
+    of every kind it takes; several are one switch, reverted as one.
 
     :raises NamespaceRestoreError: the thread is poisoned.
+    :raises NotSwitchableError: a USER, PID or TIME namespace.
     """
-    res = resolve(ns)
+    if more or _kinds.wants(ns):
+        return _switch_kinds((ns, *more))
+    res = resolve(ns)  # type: ignore[arg-type]
     try:
         _refuse_on_loop(res.what)
         # Made before the switch (it knows the number the switch will get),
@@ -345,6 +376,19 @@ def switch_to(ns: NsRef) -> Revert:
     except BaseException:
         res.close()
         raise
+    return revert
+
+
+def _switch_kinds(items: tuple[Any, ...]) -> Revert:
+    what = _kinds.describe(items)
+    _refuse_on_loop(what)
+    revert = Revert(what)  # made before the switch: see switch_to
+    try:
+        depth = _kinds.enter(items, _SWITCH, what)
+    except BaseException:
+        revert.close = _noop  # type: ignore[method-assign]  # its number was never used
+        raise
+    revert._depth = depth
     return revert
 
 
