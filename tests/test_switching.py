@@ -1193,13 +1193,34 @@ def test_home_fd_replaced_at_home_is_reopened(netns: nslib.NsHandle) -> None:
     assert stranger == other
 
 
-def test_home_fd_replaced_during_a_switch_poisons(netns: nslib.NsHandle) -> None:
-    """The home fd is replaced while the thread is switched: nslib refuses to
-    "return" into the stranger's namespace; the thread stays, poisoned."""
+def test_home_fd_replaced_during_a_switch_is_reopened(netns: nslib.NsHandle) -> None:
+    """The home fd is replaced while the thread is switched: nslib never
+    "returns" into the stranger's namespace; it finds home again through
+    /proc/self (this thread's home is the process's namespace)."""
 
     def body() -> tuple[Any, ...]:
+        home = thread_ns()
         with nslib.NsHandle.new() as other:
-            cached = -1
+            with nslib.entered(netns):
+                cached = sys_.home_fd()
+                os.dup2(other.fileno(), cached)
+            where = thread_ns()
+            os.close(cached)  # the stranger's: nslib left it alone
+            return (home, where, nslib.thread_poisoned(), switch_depth())
+
+    home, where, poisoned, depth = _on_fresh_thread(body)
+    assert where == home
+    assert not poisoned and depth == 0
+
+
+def test_home_fd_replaced_with_no_way_home_poisons(netns: nslib.NsHandle) -> None:
+    """A thread whose home is not the process's namespace (it moved there
+    for good) loses its home fd mid-switch: nslib refuses to move it into
+    the stranger's namespace; it stays, poisoned, with a clear error."""
+
+    def body() -> tuple[Any, ...]:
+        with nslib.NsHandle.new() as away, nslib.NsHandle.new() as other:
+            sys_.join(away.fileno(), "away")  # this thread's home is now `away`
             try:
                 with nslib.entered(netns):
                     cached = sys_.home_fd()
@@ -1210,13 +1231,14 @@ def test_home_fd_replaced_during_a_switch_poisons(netns: nslib.NsHandle) -> None
                 err = None
             where = thread_ns()
             os.close(cached)
-            return (err, where, nslib.thread_poisoned(), other.ns_id, switch_depth())
+            return (err, where, nslib.thread_poisoned(), other.ns_id, away.ns_id)
 
-    err, where, poisoned, other, depth = _on_fresh_thread(body)
+    err, where, poisoned, other, away = _on_fresh_thread(body)
     assert isinstance(err, nslib.NamespaceRestoreError) and err.errno == errno.EBADF
     assert "closed or replaced" in str(err)
-    assert where == netns.ns_id != other  # never into the stranger's namespace
-    assert poisoned and depth == 0
+    assert where == netns.ns_id  # never into the stranger's namespace
+    assert where not in (other, away)
+    assert poisoned
 
 
 def test_pinned_keeps_the_tasks_own_exception_as_cause(netns: nslib.NsHandle) -> None:
