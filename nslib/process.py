@@ -106,9 +106,9 @@ def _is_microservice(ref: NsRef) -> bool:
     return isinstance(ref, NetNamespace) and ref.type == ReferenceType.MICROSERVICE
 
 
-def _resolve_target(ref: NsRef, tracker: Tracker | None, run_dir: str | None) -> Resolved:
+def _open_target(ref: NsRef, tracker: Tracker | None, run_dir: str | None) -> Resolved:
     if tracker is None and _is_microservice(ref):
-        return _resolve_ms(ref)
+        return _open_with_call_tracker(ref)
     return resolve(ref, tracker=tracker, run_dir=run_dir)
 
 
@@ -116,7 +116,7 @@ def _resolve_target(ref: NsRef, tracker: Tracker | None, run_dir: str | None) ->
 MICROSERVICE_SYNC_TIMEOUT = 10.0
 
 
-def _resolve_ms(ref: NsRef) -> Resolved:
+def _open_with_call_tracker(ref: NsRef) -> Resolved:
     # No tracker given: a short-lived one for this call, stopped before return.
     from .microservice import MicroserviceTracker
 
@@ -291,7 +291,7 @@ def popen(
         from .spawn import popen as spawn_popen
 
         return spawn_popen(ref, argv, **popen_kwargs)
-    target = _resolve_target(ref, tracker, run_dir)  # type: ignore[arg-type]
+    target = _open_target(ref, tracker, run_dir)  # type: ignore[arg-type]
     try:
         proc: subprocess.Popen[Any] = _spawn(
             target, etc, lambda: subprocess.Popen(argv, **popen_kwargs)
@@ -379,7 +379,7 @@ def execvp(
     if not argv:
         raise ValueError("execvp needs a program to run")
     args = [os.fspath(a) for a in argv]
-    target = _resolve_target(ref, tracker, run_dir)
+    target = _open_target(ref, tracker, run_dir)
     try:
         saved = {}
         for name in ("SIGPIPE", "SIGXFSZ"):

@@ -91,15 +91,6 @@ _sock_init: Callable[..., None] = socket.socket.__mro__[1].__init__  # type: ign
 _running_loop = asyncio._get_running_loop
 
 
-def _resolve(ns: NsRef) -> tuple[int, Resolved | None, str]:
-    """``(fd, owner to close or None, description)``: the old private form.
-
-    Kept for :mod:`nslib.netlink` until it calls :func:`nslib._resolve.resolve`.
-    """
-    res = resolve(ns)
-    return res.fd, res if res.owned else None, res.what
-
-
 def _refuse_on_loop(what: str) -> None:
     if _running_loop() is not None:
         raise RuntimeError(
@@ -156,7 +147,7 @@ class _BlockExit(_io._IOBase):
 _block_exit = _BlockExit()
 
 
-def _resolve_for_enter(ns: NsRef) -> Resolved:
+def _open_for_enter(ns: NsRef) -> Resolved:
     if type(ns) is NsHandle and ns._fd < 0:
         raise ClosedHandleError(f"cannot switch through a closed handle ({ns.what})")
     res = resolve(ns)
@@ -239,7 +230,7 @@ class entered:
                 sys_.fail(depth, ns.what, fd=fd)  # reads errno first; no second try
         if self._more or _kinds.wants(ns):
             return self._enter_kinds()
-        res = _resolve_for_enter(ns)  # type: ignore[arg-type]
+        res = _open_for_enter(ns)  # type: ignore[arg-type]
         given = ns if type(ns) is NsHandle else None
         own = res._box if res.owned else _NULL  # the C switch takes it over
         try:
