@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks._harness import Result, Target, main, run_c
+from benchmarks._harness import Result, Target, main, per_op, run_c
 from nslib import lsns
 from nslib.kinds import Target as NsTarget
 from nslib.spawn import run as spawn_run
@@ -108,6 +108,8 @@ def run(quick: bool) -> tuple[list[Result], list[Target]]:
         proc.kill()
         proc.wait()
 
+    results += _switch_pairs(quick, targets)
+
     def nslib_all() -> None:
         lsns.namespaces()
 
@@ -136,6 +138,64 @@ def run(quick: bool) -> tuple[list[Result], list[Target]]:
         )
     )
     return results, targets
+
+
+def _switch_pairs(quick: bool, targets: list[Target]) -> list[Result]:
+    """``with entered(h): pass`` for UTS and MNT handles against the raw-C setns pairs."""
+    import threading
+
+    import nslib
+
+    proc, pid = _target()
+    out: list[Result] = []
+    try:
+        n = 2000 if quick else 20000
+        raw = run_c("raw_kinds", str(pid), str(n), "7" if quick else "15")
+        got: dict[str, float] = {}
+
+        def body() -> None:
+            # A thread of its own: the mount switch gives it its own cwd and root.
+            for kind, number in (("uts", n), ("mnt", n // 4)):
+                with nslib.NsHandle.from_pid(pid, kind=kind) as h:
+
+                    def pair(h: nslib.NsHandle = h) -> None:
+                        with nslib.entered(h):
+                            pass
+
+                    got[kind] = per_op(pair, number=number, repeat=7 if quick else 15)
+
+        t = threading.Thread(target=body)
+        t.start()
+        t.join()
+        for kind, limit in (("uts", raw["uts"]), ("mnt", raw["mnt"])):
+            g = f"switch a thread into a {kind} namespace and back (entered)"
+            out += [
+                Result(g, f"with nslib.entered(NsHandle.from_pid(pid, kind='{kind}'))",
+                       got[kind], "nslib"),
+                Result(g, "C: setns(target) + setns(home)", limit, "limit", "raw C"),
+            ]  # fmt: skip
+            if kind == "mnt":
+                out.append(
+                    Result(g, "C: the same, root and cwd put back", raw["mnt_cwd"], "alt", "raw C")
+                )
+            ratio = got[kind] / limit
+            targets.append(
+                Target(g, "a pair within 1.5x of the raw C setns pair", ratio <= 1.5,
+                       f"{ratio:.2f}x the raw C pair")
+            )  # fmt: skip
+        ratio = got["mnt"] / raw["mnt_cwd"]
+        targets.append(
+            Target(
+                "switch a thread into a mnt namespace and back (entered)",
+                "within 1.5x of the raw C pair that also puts root and cwd back",
+                ratio <= 1.5,
+                f"{ratio:.2f}x",
+            )
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+    return out
 
 
 if __name__ == "__main__":

@@ -39,9 +39,11 @@ from .errors import InvalidReference, NamespaceNotFound, NotSwitchableError
 from .handle import NsHandle
 from .kinds import NsKind, Pidfd, Target
 
-__all__ = ["enter", "wants"]
+__all__ = ["THREAD_KINDS", "enter", "wants"]
 
 _NET = NsKind.NET.flag
+#: The CLONE_NEW* flags of the kinds besides NET that one thread can enter and leave.
+THREAD_KINDS = frozenset(k.flag for k in (NsKind.UTS, NsKind.IPC, NsKind.CGROUP, NsKind.MNT))
 _REFUSED = {
     NsKind.USER: "the kernel lets only a single-threaded process join a user namespace",
     NsKind.PID: "a PID namespace applies to the children a process makes, never to a thread",
@@ -158,6 +160,20 @@ def enter(items: tuple[Any, ...], block: int, what: str) -> int:
     :raises NamespaceRestoreError: the thread could not be moved back after
         a later kind failed, and is poisoned.
     """
+    if len(items) == 1:
+        h = items[0]
+        if type(h) is NsHandle and h._nstype in THREAD_KINDS:
+            # One handle: no dup, no arrays, one C call.
+            nstype = h._nstype
+            fd = h.fileno()
+            try:
+                depth = sys_.raw_enter_kind(fd, nstype, block, sys_.NULL)
+            except BaseException:
+                sys_.raw_undo_last()
+                raise
+            if depth > 0:
+                return depth
+            sys_.fail_kinds(depth, sys_.ffi.errno, nstype, h.what)
     g = _collect(items)
     try:
         # From here the boxes own the fds; on success the C core has taken

@@ -84,6 +84,8 @@ _BLOCK = sys_.BLOCK
 _SWITCH = sys_.SWITCH
 _NULL = sys_.NULL
 _NET = sys_.CLONE_NEWNET
+_raw_enter_kind = sys_.raw_enter_kind
+_THREAD_KINDS = _kinds.THREAD_KINDS
 _fd_box = sys_.fd_box
 _Socket = socket.socket
 _sock_new = socket.socket.__new__
@@ -214,20 +216,31 @@ class entered:
 
     def __enter__(self) -> NsHandle | None:
         ns = self._ns
-        if type(ns) is NsHandle and ns._nstype == _NET and not self._more:
+        if type(ns) is NsHandle and not self._more:
             # The hot path: a handle we do not own, no open, one C call.
             fd = ns._fd
             if fd >= 0 and _running_loop() is None:
-                try:
-                    depth = _raw_enter(fd, _BLOCK, _NULL)
-                except BaseException:
-                    # Only the check after that C call can raise here; if
-                    # it switched, the `with` will not call __exit__.
-                    _raw_undo_last()
-                    raise
-                if depth > 0:
-                    return ns
-                sys_.fail(depth, ns.what, fd=fd)  # reads errno first; no second try
+                nstype = ns._nstype
+                if nstype == _NET:
+                    try:
+                        depth = _raw_enter(fd, _BLOCK, _NULL)
+                    except BaseException:
+                        # Only the check after that C call can raise here; if
+                        # it switched, the `with` will not call __exit__.
+                        _raw_undo_last()
+                        raise
+                    if depth > 0:
+                        return ns
+                    sys_.fail(depth, ns.what, fd=fd)  # reads errno first; no second try
+                if nstype in _THREAD_KINDS:  # uts, ipc, cgroup, mnt: the same, per kind
+                    try:
+                        depth = _raw_enter_kind(fd, nstype, _BLOCK, _NULL)
+                    except BaseException:
+                        _raw_undo_last()
+                        raise
+                    if depth > 0:
+                        return ns
+                    sys_.fail_kinds(depth, sys_.ffi.errno, nstype, ns.what)
         if self._more or _kinds.wants(ns):
             return self._enter_kinds()
         res = _open_for_enter(ns)  # type: ignore[arg-type]
