@@ -287,3 +287,23 @@ def test_default_namespace_handles_say_what_they_are(plugin) -> None:
         assert h.what == "the plugin's default namespace"
     with plugin.get_namespace_handle(NetNamespace(ReferenceType.FD, "")) as h:
         assert "default namespace" in repr(h)
+
+
+def test_a_string_is_a_reference_by_the_one_rule(netns, run_dir, unique, fd_baseline) -> None:
+    """get_namespace_handle("blue") used to raise AttributeError (it read
+    ns.type first); a string now means what it means everywhere."""
+    made = nslib.named.create(unique, run_dir=run_dir)
+    try:
+        with plugin_in(netns, Config(run_dir=run_dir, create_missing=False)) as p:
+            for text in (unique, f"name:{unique}", f"{run_dir}/{unique}"):
+                with p.get_namespace_handle(text) as h:
+                    assert h.same_namespace(made), text
+            with pytest.raises(nslib.NamespaceNotFound):
+                p.get_namespace_handle(f"{unique}x")
+            with pytest.raises(nslib.InvalidReference, match="'pid:abc'"):
+                p.get_namespace_handle("pid:abc")
+            with pytest.raises(nslib.InvalidReference):
+                p.get_namespace_handle(42)  # type: ignore[arg-type]
+    finally:
+        made.close()
+        nslib.named.delete(unique, run_dir=run_dir)
