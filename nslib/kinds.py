@@ -7,7 +7,8 @@
   fails (ESRCH) instead of reaching whoever reused the number.
 * :class:`Target`: "the namespaces of process *pid*" (all of them, or some
   kinds), as ``nsenter -t PID`` reads them; :func:`nslib.spawn.popen`
-  starts a program in them.
+  (or ``nslib.popen``) starts a program in them, and ``nslib.entered``
+  moves the calling thread into those a thread can enter.
 """
 
 from __future__ import annotations
@@ -228,8 +229,9 @@ class Target:
 
     With *kinds* ``None`` (all), as ``nsenter -a`` does, a kind the kernel
     lacks is left out, and so is the user namespace when it is the caller's
-    own (the kernel refuses to re-enter it).  Kinds named explicitly are
-    always joined.
+    own (the kernel refuses to re-enter it); ``entered(Target(pid))`` also
+    leaves out USER, PID and TIME, which no single thread can enter.  Kinds
+    named explicitly are always joined (or refused).
     """
 
     __slots__ = ("_kinds", "_pid")

@@ -493,3 +493,21 @@ def test_current_kind_works_inside_a_container_mount_namespace() -> None:
     assert box[0] is False
     assert box[1] == os.stat("/proc/thread-self/ns/uts").st_ino
     assert box[2] == "nslib-d"
+
+
+def test_entered_target_gone_leaves_nothing(fd_baseline: object) -> None:
+    from nslib.errors import NamespaceNotFound
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: its PID names nothing (or, later, someone else)
+    with pytest.raises(NamespaceNotFound):
+        nslib.entered(Target(child.pid, kinds=["uts"])).__enter__()
+    zombie = subprocess.Popen(["true"])
+    try:
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            threading.Event().wait(0.01)
+        with pytest.raises(NamespaceNotFound, match="has exited"):
+            nslib.switch_to(Target(zombie.pid, kinds=["uts", "ipc"]))
+    finally:
+        zombie.wait()
+    assert nslib.switch_depth() == 0
