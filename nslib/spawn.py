@@ -25,7 +25,7 @@ What ``nsenter`` does, and so does this:
 * a PID namespace only applies to children, so the program runs in a
   grandchild.  Unlike ``nsenter`` no process is left in between: the
   grandchild is made the caller's own child (``CLONE_PARENT``), so
-  :attr:`NsPopen.pid` is the program's PID and ``wait()`` is its status;
+  ``NsPopen.pid`` is the program's PID and ``wait()`` is its status;
 * with a :class:`~nslib.kinds.Target` and every kind (``kinds=None``), a
   kind the kernel lacks is left out, and so is the caller's own user
   namespace, which the kernel refuses to re-enter.  A PID or time
@@ -45,7 +45,7 @@ The object returned is an :class:`NsPopen`, a real
 would need code or libc calls in the child that are not safe there.
 
 A failure in the child before the exec raises in the caller:
-:class:`~nslib.NamespaceJoinError` (with :attr:`kind`) for a namespace
+:class:`~nslib.NamespaceJoinError` (with ``kind``) for a namespace
 that could not be joined, :class:`~nslib.SpawnError` for root, working
 directory and the rest, and the usual ``OSError`` subclass (with the
 program as ``filename``) when the program cannot be executed.  Every child
@@ -264,7 +264,7 @@ class NsPopen(subprocess.Popen[Any]):
     """A :class:`subprocess.Popen` whose child was started by :func:`popen`.
 
     Everything :class:`subprocess.Popen` offers works the same; only the
-    way the child is made differs (see the module docstring).  :attr:`pid`
+    way the child is made differs (see the module docstring).  ``pid``
     is the program's own PID as seen from the caller, even inside a PID
     namespace.
     """
