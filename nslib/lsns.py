@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._procfs import nsfs_dev, read_mountinfo
+from ._procfs import MountInfo, nsfs_dev, parse_mountinfo
 from .kinds import ALL_KINDS, NsKind
 
 __all__ = ["FdHolder", "Listing", "MountHolder", "NsEntry", "namespaces"]
@@ -263,7 +263,7 @@ class _Scan:
         self, path: str, via: int | None, own: set[tuple[bytes, _Key]], *, record: bool
     ) -> None:
         try:
-            found = read_mountinfo(path)
+            found = _nsfs_mounts(path)
         except OSError:
             return
         for m in found:
@@ -344,14 +344,18 @@ class _Scan:
     def result(self, nsid: bool) -> list[NsEntry]:
         ids = self.nsids() if nsid and NsKind.NET in self.wanted else {}
         users: dict[int, str] = {}
+        about: dict[int, tuple[str | None, str | None]] = {}  # pid -> (user, command)
         out = []
         for (kind, ino), a in self.acc.items():
             pids = tuple(sorted(a.pids))
             pid = pids[0] if pids else None
             user = command = None
             if pid is not None:
-                user = _user(pid, users)
-                command = _command(pid)
+                # One process often holds several of them (unshare -muinp).
+                known = about.get(pid)
+                if known is None:
+                    known = about[pid] = (_user(pid, users), _command(pid))
+                user, command = known
             out.append(
                 NsEntry(
                     kind=kind,
@@ -407,6 +411,24 @@ def _ino(link: str, name: str) -> int:
         return int(link[len(name) + 2 : -1])
     except ValueError:
         raise OSError(errno.EINVAL, f"unexpected namespace link {link!r}") from None
+
+
+def _nsfs_mounts(path: str) -> list[MountInfo]:
+    """The nsfs mounts of a ``mountinfo`` file, through the shared parser.
+
+    Only the lines of nsfs mounts are parsed: a host with hundreds of mount
+    namespaces of a thousand mounts each has far more of the others.  Paths
+    are escaped in ``mountinfo``, so ``" - nsfs "`` can only be the
+    separator followed by the filesystem type.
+    """
+    with open(path, "rb", buffering=0) as f:
+        chunks = []
+        while chunk := f.read(1 << 16):
+            chunks.append(chunk)
+    data = b"".join(chunks)
+    if b" - nsfs " not in data:
+        return []
+    return parse_mountinfo(b"\n".join(ln for ln in data.split(b"\n") if b" - nsfs " in ln))
 
 
 def _pids() -> list[int]:
