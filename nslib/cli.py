@@ -335,9 +335,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
         return cmd_exec_all(args, ([args.ref] if args.ref is not None else []) + cmd)
     if args.ref is None:
-        raise CliError("exec: no REF given (nslib exec REF -- CMD...)", EXIT_USAGE)
+        args.usage_error("no REF given (nslib exec REF -- CMD...)")  # exits 2, with usage
     if not cmd:
-        raise CliError("exec: no command given (nslib exec REF -- CMD...)", EXIT_USAGE)
+        args.usage_error("no command given (nslib exec REF -- CMD...)")
     ref = _reference(args.ref)
     try:
         execvp(ref, cmd, etc=not args.no_etc, run_dir=args.run_dir)
@@ -824,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     _kinds.add_exec_options(ex)  # --target PID, --net[=FILE], ... as nsenter
     ex.add_argument("ref", metavar="REF", nargs="?")
     ex.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER)
-    ex.set_defaults(handler=cmd_exec)
+    ex.set_defaults(handler=cmd_exec, usage_error=ex.error)
 
     from ._cli_monitor import register
 

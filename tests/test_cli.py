@@ -222,9 +222,12 @@ def test_exec_references_and_exit_codes(
     assert r.returncode == 125 and f"{unique}x" in r.stderr
     r = nslib_cmd("exec", "pid:999999999", "--", "true")
     assert r.returncode == 125 and "999999999" in r.stderr
-    for bad in ("bogus:x", "pid:abc", ".."):
+    for bad in ("pid:abc", "..", "name:", "a/b"):
         r = nslib_cmd("exec", bad, "--", "true")
         assert r.returncode == 2, (bad, r.stderr)
+    # An unknown prefix is no prefix: by the one string rule it is a name.
+    r = nslib_cmd("--run-dir", run_dir, "exec", "bogus:x", "--", "true")
+    assert r.returncode == 125 and "no named namespace 'bogus:x'" in r.stderr
     r = nslib_cmd("--run-dir", run_dir, "exec", name)
     assert r.returncode == 2 and "no command" in r.stderr
 
