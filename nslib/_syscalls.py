@@ -56,6 +56,7 @@ raw_next_serial = lib.nslib_next_serial
 raw_thread_token = lib.nslib_thread_token
 raw_revert = lib.nslib_revert
 raw_socket_in = lib.nslib_socket_in
+raw_umount2 = lib.nslib_umount2  # named.delete chains it with unlink (no bytecode between)
 NULL = ffi.NULL
 
 _new = ffi.new

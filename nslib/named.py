@@ -30,12 +30,17 @@ Concurrency (threads and processes, nslib and ``ip`` alike):
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import errno
 import fcntl
+import functools
+import itertools
+import operator
 import os
 import stat
 from dataclasses import dataclass
+from typing import Any
 
 from . import _syscalls as sys_
 
@@ -44,7 +49,7 @@ from ._nsid import NsidTaken, list_ids, nsid, set_nsid
 from ._procfs import MountInfo, nsfs_dev, read_mountinfo
 from ._propagation import warn_if_private
 from .errors import InvalidReference, NamespaceExists, NamespaceNotFound, NotANamespace, oserror
-from .handle import NsHandle
+from .handle import NsHandle, _from_box
 from .names import validate_name, validate_run_dir
 
 __all__ = [
@@ -69,6 +74,7 @@ _O_PLACEHOLDER = os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _O_TMPFILE = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_PEEK = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_O_VERIFY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _dir(run_dir: str | None) -> str:
@@ -84,6 +90,52 @@ def _fd_path(fd: int) -> bytes:
 def _reraise(e: OSError, what: str, path: str) -> OSError:
     """*e* again, with a message naming *what* and the real *path*."""
     return oserror(e.errno or errno.EIO, what, path)
+
+
+# -- interrupts -------------------------------------------------------------
+#
+# CPython raises a pending KeyboardInterrupt (any signal handler's exception)
+# only between bytecodes: at a function's start, on a backward jump, and as a
+# call returns, *before* its result is stored.  ``fd = os.open(...)`` can
+# therefore lose the fd, and a cleanup of two steps can stop after the first.
+# Two tools close such windows here:
+#
+# - every fd lives in an fd box (:func:`~nslib._syscalls.fd_box`, a C ``int``
+#   that closes what it holds when collected) from the moment it exists: the C
+#   core writes into the box itself, and :func:`_open_into` chains ``os.open``
+#   and the store through ``map`` so that both run as C, with no bytecode
+#   between them;
+# - two syscalls that must not be separated (unmount, then unlink) run back to
+#   back in one C-level chain (:func:`_back_to_back`).
+
+_drain: Any = functools.partial(collections.deque, maxlen=0)  # consumes an iterator in C
+_AT0 = (0,)
+
+
+def _open_into(box: Any, path: str | bytes, flags: int, dir_fd: int | None = None) -> None:
+    """``os.open(path, flags, 0, dir_fd=dir_fd)`` straight into *box*.
+
+    ``map`` calls ``os.open`` and the box's ``__setitem__`` from C, so the
+    interrupt check that follows a call comes only once the box owns the fd.
+    """
+    opener = os.open if dir_fd is None else functools.partial(os.open, dir_fd=dir_fd)
+    _drain(map(box.__setitem__, _AT0, map(opener, (path,), (flags,), _AT0)))
+
+
+def _back_to_back(*steps: Any) -> builtins.list[Any]:
+    """Call *steps* in order with no bytecode, so no interrupt, between them.
+
+    Each step is a C callable (bound with :func:`functools.partial`).  The
+    chain stops before the next step once one returns something true (a C
+    shim's -1) and drops that result, or when one raises (which propagates).
+    Returns the results of the steps that succeeded, so its length says how
+    far the chain went; an exception comes from the step that raised, all
+    steps before it having succeeded.
+    """
+    done: builtins.list[Any] = []
+    # list.extend keeps what it appended even when the iterator raises.
+    done.extend(itertools.takewhile(operator.not_, map(operator.call, steps)))
+    return done
 
 
 # -- the run directory ------------------------------------------------------
@@ -121,13 +173,14 @@ def _prepare_run_dir(run_dir: str) -> None:
         os.makedirs(run_dir, 0o755, exist_ok=True)
     except OSError as e:
         raise _reraise(e, f"cannot create the run directory {run_dir}", run_dir) from None
+    box = sys_.fd_box()
     try:
-        lock = os.open(run_dir, _O_DIR)
+        _open_into(box, run_dir, _O_DIR)
     except OSError as e:
         raise _reraise(e, f"cannot open the run directory {run_dir}", run_dir) from None
     try:
         with contextlib.suppress(OSError):  # as iproute2: proceed unlocked
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            fcntl.flock(box[0], fcntl.LOCK_EX)
         made = False
         while True:
             try:
@@ -140,7 +193,7 @@ def _prepare_run_dir(run_dir: str) -> None:
             made = True
             sys_.mount(b"", raw, b"none", sys_.MS_PRIVATE, what)
     finally:
-        os.close(lock)  # also drops the flock
+        sys_.close_box(box)  # also drops the flock
 
 
 def _ready(facts: tuple[bool, int, int] | None) -> bool:
@@ -196,58 +249,70 @@ def _taken(name: str, path: str, run_dir: str) -> NamespaceExists:
     )
 
 
-def _reserve(name: str, path: str, run_dir: str) -> tuple[int, int]:
-    """Create the placeholder, exclusively and already flock-marked.
+class _Work:
+    """The fds of one creation, each in an fd box from the moment it exists.
 
-    Returns ``(fd to bind onto, fd holding the flock)``; they may be the same.
+    An interrupt anywhere leaks none of them: whatever a box still holds is
+    closed when it is collected, and :meth:`close` closes them all.
+    """
+
+    __slots__ = ("dfd", "lock", "named", "new")
+
+    def __init__(self) -> None:
+        box = sys_.fd_box
+        self.dfd = box()  # O_PATH of the run directory
+        self.lock = box()  # our placeholder, holding the flock (unnamed at first)
+        self.named = box()  # the placeholder opened by its name: the bind target
+        self.new = box()  # a namespace made for create()
+
+    def close(self) -> None:
+        close = sys_.close_box
+        close(self.named)
+        close(self.new)
+        close(self.lock)  # drops the flock: after the others, the name is settled
+        close(self.dfd)
+
+
+def _reserve(name: str, path: str, run_dir: str, work: _Work) -> None:
+    """Create the placeholder *name* in *work.dfd*, exclusively and already flock-marked.
 
     The file is made unnamed (``O_TMPFILE``) and locked first, then linked
     into place, which fails if the name exists: nobody can ever see our
     placeholder unlocked and take a creation in progress for a stale one.
     A filesystem without ``O_TMPFILE`` gets ``O_CREAT|O_EXCL`` then the lock.
+    *work.lock* holds our file before it has a name, so :func:`_abandon`
+    always knows which file is ours.
     """
-    where, base = os.path.split(path)
     try:
-        dfd = os.open(where, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        _open_into(work.dfd, os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        raise _reraise(e, f"cannot open the run directory {run_dir}", where) from None
+        raise _reraise(e, f"cannot open the run directory {run_dir}", run_dir) from None
+    dfd = work.dfd[0]
     try:
-        try:
-            fd = os.open(".", _O_TMPFILE, 0, dir_fd=dfd)
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
-            fd = _reserve_plain(name, path, run_dir)
-            return fd, fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # nobody else has this file yet: never blocks
-            # dst_dir_fd makes Python use linkat(AT_SYMLINK_FOLLOW): the magic
-            # link is followed to the unnamed file, which gets its name here.
-            os.link(_fd_path(fd), base, dst_dir_fd=dfd)
-        except FileExistsError:
-            os.close(fd)
-            raise _taken(name, path, run_dir) from None
-        except BaseException as e:
-            os.close(fd)
-            if isinstance(e, OSError):
-                raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
-            raise
-        # A mount needs the named dentry, not the unnamed one the fd was born
-        # with: open the name, and make sure it still is our file.
-        try:
-            named_fd = os.open(base, _O_PEEK, dir_fd=dfd)
-        except OSError:
-            named_fd = -1
-        if named_fd < 0 or _ino(named_fd) != _ino(fd):
-            if named_fd >= 0:
-                os.close(named_fd)
-            os.close(fd)
-            raise NamespaceNotFound(
-                errno.ENOENT, f"the placeholder of {name!r} was removed while it was made", path
-            )
-        return named_fd, fd
-    finally:
-        os.close(dfd)
+        _open_into(work.lock, ".", _O_TMPFILE, dfd)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
+        _reserve_plain(name, path, run_dir, work)
+        return
+    lock = work.lock[0]
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # nobody else has this file yet: never blocks
+        # dst_dir_fd makes Python use linkat(AT_SYMLINK_FOLLOW): the magic
+        # link is followed to the unnamed file, which gets its name here.
+        os.link(_fd_path(lock), name, dst_dir_fd=dfd)
+    except FileExistsError:
+        raise _taken(name, path, run_dir) from None
+    except OSError as e:
+        raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
+    # A mount needs the named dentry, not the unnamed one the fd was born
+    # with: open the name, and make sure it still is our file.
+    with contextlib.suppress(OSError):
+        _open_into(work.named, name, _O_PEEK, dfd)
+    if work.named[0] < 0 or _ino(work.named[0]) != _ino(lock):
+        raise NamespaceNotFound(
+            errno.ENOENT, f"the placeholder of {name!r} was removed while it was made", path
+        )
 
 
 def _ino(fd: int) -> tuple[int, int]:
@@ -255,46 +320,52 @@ def _ino(fd: int) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def _reserve_plain(name: str, path: str, run_dir: str) -> int:
+def _reserve_plain(name: str, path: str, run_dir: str, work: _Work) -> None:
     try:
-        fd = os.open(path, _O_PLACEHOLDER, 0)
+        _open_into(work.lock, name, _O_PLACEHOLDER, work.dfd[0])
     except FileExistsError:
         raise _taken(name, path, run_dir) from None
     except OSError as e:
         raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
-    try:
-        # Marks "creation in progress" for stale()/repair().  Blocking: if
-        # repair() is looking at this very file, wait; it will have removed
-        # it and the bind below then fails cleanly with ENOENT.
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except BaseException:
-        _abandon(fd, path, None)
-        raise
-    return fd
+    # Marks "creation in progress" for stale()/repair().  Blocking: if
+    # repair() is looking at this very file, wait; it will have removed it
+    # and the bind then fails cleanly with ENOENT.
+    fcntl.flock(work.lock[0], fcntl.LOCK_EX)
 
 
-def _abandon(fd: int, path: str, ns: NsHandle | None) -> None:
-    """Undo a failed creation: unmount and unlink our placeholder, close its fd.
+def _abandon(work: _Work, base: str, ns: tuple[int, int] | None) -> None:
+    """Undo a creation that failed or was interrupted; idempotent.
 
-    If *ns* is mounted there now (an interrupt struck right after the bind),
-    it was us: binding onto our placeholder needs our fd.
+    If the namespace *ns* (its identity) is mounted on the name now, it was
+    us (binding onto our placeholder needs our fd): unmount it.  Then remove
+    the placeholder if it is still the file *work.lock* holds; someone may
+    have removed ours and made a new one, which is left alone.  The fds are
+    closed by the caller.
     """
+    if work.lock[0] < 0 or work.dfd[0] < 0:
+        return  # no placeholder was made
+    dfd = work.dfd[0]
+    mine = _ino(work.lock[0])
     try:
-        mine = os.fstat(fd)
+        st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+    except OSError:
+        return  # never named, or already gone
+    if ns is not None and (st.st_dev, st.st_ino) == ns:
+        top = sys_.fd_box()
         try:
-            st = os.lstat(path)
-            if ns is not None and (st.st_dev, st.st_ino) == ns.ns_id:
-                with contextlib.suppress(OSError):
-                    sys_.umount2(os.fsencode(path), sys_.MNT_DETACH, f"undoing {path}")
-                st = os.lstat(path)
+            _open_into(top, base, _O_VERIFY, dfd)
+            sys_.umount2(_fd_path(top[0]), sys_.MNT_DETACH, f"undoing {base}")
         except OSError:
-            return  # already gone
-        # Someone may have removed ours and made a new one: leave theirs.
-        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    finally:
-        os.close(fd)
+            pass
+        finally:
+            sys_.close_box(top)
+        try:
+            st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            return
+    if (st.st_dev, st.st_ino) == mine:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(base, dir_fd=dfd)
 
 
 def _bind(ns_fd: int, placeholder_fd: int, name: str, path: str) -> None:
@@ -317,32 +388,52 @@ def _name_onto(name: str, run_dir: str, source: NsHandle | None) -> NsHandle | N
     With *source* (owned by the caller, never closed here) that namespace is
     named.  Without, a new namespace is made only once the name is reserved
     (iproute2's order), and its handle is returned.
+
+    Interrupts: the undo is armed before the placeholder can exist, and it
+    finds out what was made from the kernel (is our file linked, is our
+    namespace mounted), so a ``KeyboardInterrupt`` raised anywhere up to the
+    handle's construction leaves nothing: no placeholder, no mount, no fd.
+    The undo is retried if a second interrupt strikes it.
     """
     path = os.path.join(run_dir, name)
     _ensure_run_dir(run_dir)
-    fd, lock = _reserve(name, path, run_dir)
-    made: NsHandle | None = None
+    work = _Work()
+    ns: tuple[int, int] | None = None  # set before the bind: what the undo may unmount
     try:
-        if source is None:
-            # unshare(CLONE_NEWNET) on a throwaway thread; its fd is what gets
-            # bound, so the handle returned is exactly the namespace created
-            # even if another thread deletes the name before we return.
-            made = NsHandle._adopt(sys_.new_netns(), f"name:{name}")
-            source = made
-        _bind(source.fileno(), fd, name, path)
-    except BaseException:
         try:
-            _abandon(fd, path, source)
-        finally:
-            if lock != fd:
-                os.close(lock)
-            if made is not None:
-                made.close()
-        raise
-    os.close(fd)
-    if lock != fd:
-        os.close(lock)  # drops the flock: the name is complete
-    return made
+            _reserve(name, path, run_dir, work)
+            if source is None:
+                # unshare(CLONE_NEWNET) on a throwaway thread, straight into
+                # a box; its fd is what gets bound, so the handle returned is
+                # exactly the namespace created even if another thread
+                # deletes the name before we return.
+                sys_.new_netns_into(work.new)
+                ns_fd = work.new[0]
+            else:
+                ns_fd = source.fileno()
+            ns = _ino(ns_fd)
+            target = work.named[0] if work.named[0] >= 0 else work.lock[0]
+            _bind(ns_fd, target, name, path)
+            if source is None:
+                return _from_box(work.new, f"name:{name}")
+            return None
+        except BaseException:
+            _undo(work, name, ns)
+            raise
+    finally:
+        work.close()
+
+
+def _undo(work: _Work, base: str, ns: tuple[int, int] | None) -> None:
+    """:func:`_abandon`, finished even if an interrupt strikes it (a few times)."""
+    for _ in range(8):
+        try:
+            _abandon(work, base, ns)
+            return
+        except KeyboardInterrupt:
+            continue  # the original exception propagates; finish undoing first
+        except OSError:
+            return  # best effort: the original error is what the caller needs
 
 
 def create(name: str, *, run_dir: str | None = None) -> NsHandle:
@@ -359,6 +450,20 @@ def create(name: str, *, run_dir: str | None = None) -> NsHandle:
     IN_CREATE) a moment before the namespace is mounted on it; a watcher
     that opens it at once may get :class:`~nslib.errors.NotANamespace` and
     should retry.
+
+    Ctrl-C is safe: a ``KeyboardInterrupt`` (or any exception a signal
+    handler raises) anywhere inside create undoes it, and every fd is owned
+    from the moment it exists.  CPython leaves one window that no library
+    can close: it raises a pending interrupt as a call *returns*, before the
+    caller stores the result.  An interrupt that arrives once the namespace
+    is bound, while create finishes or returns, therefore leaves the name
+    complete (exactly as an interrupt right after the call would) and the
+    handle is closed by the garbage collector; :func:`delete` removes the
+    name.  An interrupt never leaves a placeholder without its namespace.
+    (The first create in a new run directory also sets the directory up;
+    an interrupt between that set-up's mounts leaves a working run
+    directory that may share its parent's peer group; see
+    :func:`run_dir_status`.)
 
     :returns: a handle on the new namespace (close it; it keeps the
         namespace alive even after :func:`delete`).
@@ -410,9 +515,6 @@ def attach(name: str, pid: int | NsHandle, *, run_dir: str | None = None) -> Non
 # -- deleting ---------------------------------------------------------------
 
 
-_O_VERIFY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _mnt_id(fd: int) -> int | None:
     """The id of the mount *fd* is on (``/proc/thread-self/fdinfo``)."""
     try:
@@ -435,51 +537,45 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _verified(dfd: int, name: str, path: str) -> int:
-    """An ``O_PATH`` fd of ``RUN_DIR/NAME``, checked to be a mounted network namespace.
+def _verified(box: Any, dfd: int, name: str, path: str) -> None:
+    """An ``O_PATH`` fd of ``RUN_DIR/NAME`` into *box*, checked to be a mounted network namespace.
 
-    Never follows a symlink.  Anything else raises and is left untouched.
+    Never follows a symlink.  Anything else raises and is left untouched
+    (*box* then still holds the fd; the caller closes it).
     """
     try:
-        fd = os.open(name, _O_VERIFY, dir_fd=dfd)
+        _open_into(box, name, _O_VERIFY, dfd)
     except (FileNotFoundError, NotADirectoryError):
         raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r}", path) from None
     except OSError as e:
         raise _reraise(e, f"cannot open {path}", path) from None
+    fd = box[0]
+    st = os.fstat(fd)
+    if st.st_dev != nsfs_dev():
+        if stat.S_ISREG(st.st_mode):
+            raise NamespaceNotFound(errno.ENOENT, _unmounted(name, path), path)
+        raise NotANamespace(f"{path} is {_kind(st.st_mode)}, not a named namespace; left untouched")
+    # An O_PATH fd cannot be asked its namespace type: reopen the very file.
+    check = sys_.fd_box()
     try:
-        st = os.fstat(fd)
-        if st.st_dev != nsfs_dev():
-            if stat.S_ISREG(st.st_mode):
-                raise NamespaceNotFound(errno.ENOENT, _unmounted(name, path), path)
-            raise NotANamespace(
-                f"{path} is {_kind(st.st_mode)}, not a named namespace; left untouched"
-            )
-        # An O_PATH fd cannot be asked its namespace type: reopen the very file.
-        check = os.open(_fd_path(fd), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            sys_.check_netns(check, f"{path} (left untouched)")
-        finally:
-            os.close(check)
-        mine, parent = _mnt_id(fd), _mnt_id(dfd)
-        if mine is None or mine == parent:
-            raise NotANamespace(f"{path} is not a mount point of its own; left untouched")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        sys_.open_netns_into(check, _fd_path(fd), f"{path} (left untouched)")
+    finally:
+        sys_.close_box(check)
+    mine, parent = _mnt_id(fd), _mnt_id(dfd)
+    if mine is None or mine == parent:
+        raise NotANamespace(f"{path} is not a mount point of its own; left untouched")
 
 
 def _unmounted(name: str, path: str) -> str:
     """Why the placeholder at *path* has no namespace: being created, or stale."""
+    box = sys_.fd_box()
     try:
-        fd = os.open(path, _O_PEEK)
+        _open_into(box, path, _O_PEEK)
+        busy = _creating(box[0])
     except OSError:
         busy = False
-    else:
-        try:
-            busy = _creating(fd)
-        finally:
-            os.close(fd)
+    finally:
+        sys_.close_box(box)
     if busy:
         return f"{name!r} is being created right now ({path} is not mounted yet)"
     return (
@@ -548,6 +644,12 @@ def delete(name: str, *, run_dir: str | None = None) -> None:
     :class:`~nslib.errors.NamespaceNotFound` and is left alone; see
     :func:`stale` and :func:`repair`.
 
+    Ctrl-C is safe: the unmount and the unlink run back to back in one
+    C-level chain, with no Python bytecode between them, so a
+    ``KeyboardInterrupt`` finds the name either whole (before) or gone
+    (after), never a stale placeholder; every fd is owned from the moment
+    it exists.
+
     :raises InvalidName: *name* is not a valid ``ip netns`` name.
     :raises InvalidReference: *run_dir* is refused (see
         :func:`~nslib.names.validate_run_dir`).
@@ -563,48 +665,53 @@ def delete(name: str, *, run_dir: str | None = None) -> None:
     d = _dir(run_dir)
     path = os.path.join(d, name)
     what = f"deleting named namespace {name!r}"
+    dfd, top = sys_.fd_box(), sys_.fd_box()
     try:
-        dfd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r} in {d}", path) from None
-    try:
-        fd = _verified(dfd, name, path)
+        try:
+            _open_into(dfd, d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NamespaceNotFound(
+                errno.ENOENT, f"no named namespace {name!r} in {d}", path
+            ) from None
+        _verified(top, dfd[0], name, path)
         for _ in range(16):  # each pass peels one namespace mount stacked on the name
             try:
-                # Exactly the mount verified above, whatever the path names now.
-                sys_.umount2(_fd_path(fd), sys_.MNT_DETACH, what)
-            except OSError as e:
-                if e.errno == errno.EINVAL:  # unmounted by someone else meanwhile
-                    raise NamespaceNotFound(
-                        errno.ENOENT, f"no named namespace {name!r} in {d}", path
-                    ) from None
-                raise _busy(e, what, path) from None
-            finally:
-                os.close(fd)
-            # Unmounting was the deletion; what follows is tidying up.
-            try:
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                # Exactly the mount verified above (whatever the path names
+                # now), then the placeholder under it: back to back, so an
+                # interrupt finds the name either whole or gone.
+                done = _back_to_back(
+                    functools.partial(sys_.raw_umount2, _fd_path(top[0]), sys_.MNT_DETACH),
+                    functools.partial(os.unlink, name, dir_fd=dfd[0]),
+                )
             except FileNotFoundError:
                 return  # removed by someone else after our unmount
-            if st.st_dev != nsfs_dev():
-                break  # the placeholder (the usual case: one lstat, no re-verify)
-            try:
-                fd = _verified(dfd, name, path)  # another namespace stacked below
-            except (NamespaceNotFound, NotANamespace):
-                return
-        else:
-            os.close(fd)
-            raise OSError(errno.EBUSY, f"{path} stays busy: too many mounts stacked on it", path)
-        if not stat.S_ISREG(st.st_mode):
-            return  # not a placeholder of ours to remove
-        try:
-            os.unlink(name, dir_fd=dfd)
-        except FileNotFoundError:
+            except IsADirectoryError:
+                return  # not a placeholder of ours to remove
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise _busy(e, f"cannot remove the placeholder of {name!r}", path) from None
+                # Still a mount point: another namespace stacked below, or
+                # another mount namespace's mount held it.
+                sys_.close_box(top)
+                try:
+                    _verified(top, dfd[0], name, path)
+                except (NamespaceNotFound, NotANamespace):
+                    raise _busy(e, f"cannot remove the placeholder of {name!r}", path) from None
+                continue
+            if not done:  # the unmount failed (its errno is still cffi's)
+                try:
+                    sys_.fail(-1, what, path)
+                except OSError as e:
+                    if e.errno == errno.EINVAL:  # unmounted by someone else meanwhile
+                        raise NamespaceNotFound(
+                            errno.ENOENT, f"no named namespace {name!r} in {d}", path
+                        ) from None
+                    raise _busy(e, what, path) from None
             return
-        except OSError as e:
-            raise _busy(e, f"cannot remove the placeholder of {name!r}", path) from None
+        raise OSError(errno.EBUSY, f"{path} stays busy: too many mounts stacked on it", path)
     finally:
-        os.close(dfd)
+        sys_.close_box(top)
+        sys_.close_box(dfd)
 
 
 # -- looking up -------------------------------------------------------------
@@ -620,11 +727,13 @@ def exists(name: str, *, run_dir: str | None = None) -> bool:
     """
     validate_name(name)
     path = os.path.join(_dir(run_dir), name)
+    box = sys_.fd_box()
     try:
-        fd = sys_.open_netns(os.fsencode(path), f"name:{name}")
+        sys_.open_netns_into(box, os.fsencode(path), f"name:{name}")
     except (NamespaceNotFound, NotANamespace, NotADirectoryError):
         return False
-    os.close(fd)
+    finally:
+        sys_.close_box(box)
     return True
 
 
@@ -644,20 +753,21 @@ def list(*, run_dir: str | None = None) -> builtins.list[str]:
 
 def _scan(run_dir: str, *, follow: bool) -> builtins.list[tuple[str, os.stat_result]]:
     """``(name, stat)`` of every entry; entries that vanish are skipped."""
+    box = sys_.fd_box()
     try:
-        dfd = os.open(run_dir, _O_DIR)
+        _open_into(box, run_dir, _O_DIR)
     except FileNotFoundError:
         return []
     out = []
     try:
-        with os.scandir(dfd) as it:
+        with os.scandir(box[0]) as it:
             for entry in it:
                 try:
                     out.append((entry.name, entry.stat(follow_symlinks=follow)))
                 except OSError:
                     continue
     finally:
-        os.close(dfd)
+        sys_.close_box(box)
     return out
 
 
@@ -761,15 +871,15 @@ def stale(*, run_dir: str | None = None) -> builtins.list[str]:
     for n, st in _scan(d, follow=False):
         if st.st_dev == nsfs or not stat.S_ISREG(st.st_mode):
             continue
+        box = sys_.fd_box()
         try:
-            fd = os.open(os.path.join(d, n), _O_PEEK)
+            _open_into(box, os.path.join(d, n), _O_PEEK)
+            if not _creating(box[0]):
+                out.append(n)
         except OSError:
             continue
-        try:
-            if not _creating(fd):
-                out.append(n)
         finally:
-            os.close(fd)
+            sys_.close_box(box)
     return sorted(out)
 
 
@@ -800,11 +910,15 @@ def repair(name: str, *, run_dir: str | None = None) -> None:
         )
     if not stat.S_ISREG(st.st_mode):
         raise InvalidReference(f"{path} is not a placeholder file; refusing to remove it")
+    box = sys_.fd_box()
     try:
-        fd = os.open(path, _O_PEEK)
-    except FileNotFoundError:
-        raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r} in {d}", path) from None
-    try:
+        try:
+            _open_into(box, path, _O_PEEK)
+        except FileNotFoundError:
+            raise NamespaceNotFound(
+                errno.ENOENT, f"no named namespace {name!r} in {d}", path
+            ) from None
+        fd = box[0]
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -832,7 +946,7 @@ def repair(name: str, *, run_dir: str | None = None) -> None:
                 ) from None
             raise _reraise(e, f"cannot remove the stale placeholder {name!r}", path) from None
     finally:
-        os.close(fd)
+        sys_.close_box(box)
 
 
 # -- diagnostics ------------------------------------------------------------

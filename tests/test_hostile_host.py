@@ -256,7 +256,8 @@ def test_a_create_in_progress_is_never_stale(run_dir: str, unique: str) -> None:
     # no observer can see it unlocked and call it stale.
     named.create(f"{unique}x", run_dir=run_dir).close()  # the run directory exists
     path = os.path.join(run_dir, unique)
-    fd, lock = named._reserve(unique, path, run_dir)
+    work = named._Work()
+    named._reserve(unique, path, run_dir, work)
     try:
         assert os.path.exists(path)
         assert unique not in named.stale(run_dir=run_dir)
@@ -265,9 +266,8 @@ def test_a_create_in_progress_is_never_stale(run_dir: str, unique: str) -> None:
         with pytest.raises(nslib.NamespaceExists):
             named.repair(unique, run_dir=run_dir)
     finally:
-        named._abandon(fd, path, None)
-        if lock != fd:
-            os.close(lock)
+        named._abandon(work, unique, None)
+        work.close()
         named.delete(f"{unique}x", run_dir=run_dir)
     assert not os.path.exists(path)
 

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import gc
 import json
 import os
 import random
@@ -18,13 +19,14 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from caps import CAP_SYS_ADMIN, set_effective_cap
-from helpers import PREFIX, thread_ns, unmount_tree
+from helpers import PREFIX, open_fds, thread_ns, unmount_tree
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -817,3 +819,101 @@ def test_thousand_namespaces(run_dir: str, fd_baseline: set[int], home_ns: objec
     assert_clean(run_dir)
     # Only the run dir's own self-bind remains of all that.
     assert mounts_below(base) == Counter({"netns": 1})
+
+
+# -- interrupts at every point --------------------------------------------------
+
+_NSLIB_DIR = os.path.dirname(nslib.__file__) + os.sep
+
+
+# Where CPython 3.11 raises a pending signal's exception: as a function starts
+# (``call``) and as a call returns (``return``, ``c_return``; the check after
+# ``CALL``).  ``c_call`` comes right before a C call, which is no such point.
+_CHECKS = frozenset({"call", "return", "c_return"})
+
+
+class _InterruptAt:
+    """A profile hook that raises ``KeyboardInterrupt`` at the *k*-th event.
+
+    The events are those of nslib's own frames: a Python function starting
+    and returning, a C function returning.  They are exactly the points
+    where CPython raises a pending signal's exception (a function's start,
+    and as a call returns, before its result is stored), so walking
+    *k* over every event puts a Ctrl-C at every point a real one could land,
+    one run each, deterministically.  C calls that nslib chains without
+    bytecode between them report no event, as no signal can land there.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.fired = ""
+
+    def __call__(self, frame: Any, event: str, arg: object) -> None:
+        if self.fired or not frame.f_code.co_filename.startswith(_NSLIB_DIR):
+            return
+        if event not in _CHECKS or frame.f_code.co_name == "__del__":
+            # Not a point where CPython looks for signals; and what a
+            # finalizer raises is swallowed (printed), it interrupts nothing.
+            return
+        self.k -= 1
+        if self.k < 0:
+            code = frame.f_code
+            where = f"{os.path.basename(code.co_filename)}:{frame.f_lineno} {code.co_name}"
+            self.fired = f"{event} {getattr(arg, '__name__', '')} in {where}"
+            raise KeyboardInterrupt  # the profiler unsets itself on an exception
+
+
+def _interrupted(k: int, op: Callable[[], object]) -> str:
+    """Run *op* with an interrupt at its *k*-th event; where it fired ('' if it ran out)."""
+    hook = _InterruptAt(k)
+    with warnings.catch_warnings():
+        # A handle the interrupt dropped says so when collected (and is closed).
+        warnings.simplefilter("ignore", ResourceWarning)
+        sys.setprofile(hook)
+        try:
+            op()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.setprofile(None)
+        gc.collect()
+    return hook.fired
+
+
+@pytest.mark.parametrize("what", ["create", "delete"])
+def test_an_interrupt_at_any_point_leaves_no_half_done_name(
+    run_dir: str, fd_baseline: set[int], what: str
+) -> None:
+    """Ctrl-C at every point of create() and delete(): whole or gone, no leaked fd."""
+    name = f"{PREFIX}{uuid.uuid4().hex[:6]}"
+    named.create("setup", run_dir=run_dir).close()  # the run directory is ready
+    named.delete("setup", run_dir=run_dir)
+    fds = set(fd_baseline)
+
+    def op() -> None:
+        if what == "create":
+            named.create(name, run_dir=run_dir).close()
+        else:
+            named.delete(name, run_dir=run_dir)
+
+    k, outcomes = 0, Counter[str]()
+    while True:
+        if what == "delete":
+            named.create(name, run_dir=run_dir).close()
+        fired = _interrupted(k, op)
+        # Never a placeholder without its namespace, never a stray mount.
+        assert named.stale(run_dir=run_dir) == [], f"stale after an interrupt at {fired}"
+        assert set(mounts_below(run_dir)) <= set(entries(run_dir))
+        whole = named.exists(name, run_dir=run_dir)
+        assert entries(run_dir) == ([name] if whole else [])
+        outcomes["whole" if whole else "gone"] += 1
+        if whole:
+            named.delete(name, run_dir=run_dir)
+        assert_clean(run_dir)
+        leaked = open_fds() - fds
+        assert not leaked, f"fds {sorted(leaked)} leaked by an interrupt at {fired}"
+        if not fired:
+            break  # k went past the last event: the call ran to its end
+        k += 1
+    assert k > 20, f"only {k} interruptible points: is the hook seeing nslib's frames?"
+    assert outcomes["whole"] and outcomes["gone"]
