@@ -26,7 +26,7 @@
 #include <linux/magic.h>
 #include <linux/nsfs.h>
 
-#define NSLIB_ABI 8
+#define NSLIB_ABI 9
 
 #define NSLIB_ENOTNS -2		/* the file is not a namespace at all */
 #define NSLIB_EWRONGTYPE -3	/* a namespace, but not a network one */
@@ -577,6 +577,21 @@ fail:
 		close(prev);
 	errno = err;
 	return -1;
+}
+
+/*
+ * entered() of a network namespace handle, the hot path: nslib_enter(target,
+ * NSLIB_BLOCK, NULL) with one argument, which cffi passes without building
+ * an argument tuple.  A closed handle (-1) fails with EBADF before anything.
+ */
+static int nslib_enter_block(int target)
+{
+	if (target < 0) {
+		nslib_t.last = 0;
+		errno = EBADF;
+		return -1;
+	}
+	return nslib_enter_(&nslib_t, target, NSLIB_BLOCK, NULL);
 }
 
 /* Enter for switch_to() (kind NSLIB_SWITCH) or entered() (NSLIB_BLOCK). */

@@ -39,6 +39,7 @@ int nslib_open_netns(int dirfd, const char *path, int *nstype, int *out);
 int nslib_check_netns(int fd, int *nstype);
 
 int nslib_enter(int target, int kind, int *own);
+int nslib_enter_block(int target);
 int nslib_leave(int depth, long long serial);
 int nslib_unwind(int depth);
 int nslib_exit_block(void);

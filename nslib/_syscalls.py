@@ -18,7 +18,7 @@ ffi = _native.ffi
 lib = _native.lib
 
 # A stale .so in an editable checkout would silently miss newer shims.
-_ABI = 8
+_ABI = 9
 if lib.NSLIB_ABI != _ABI:  # pragma: no cover
     raise ImportError(f"nslib._native ABI {lib.NSLIB_ABI} != {_ABI}; rebuild (pip install -e .)")
 
@@ -46,6 +46,7 @@ BLOCK: int = lib.NSLIB_BLOCK
 
 # The switching hot path calls these directly and checks the return itself.
 raw_enter = lib.nslib_enter
+raw_enter_block = lib.nslib_enter_block
 raw_leave = lib.nslib_leave
 raw_depth = lib.nslib_depth
 raw_undo_last = lib.nslib_undo_last

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import _io
 import _thread
-import asyncio
 import errno
 import functools
 import operator
@@ -44,7 +43,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Any, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, final
 
 from . import _kinds_switch as _kinds
 from . import _syscalls as sys_
@@ -52,6 +51,9 @@ from ._resolve import NsRef, Resolved, resolve
 from .errors import ClosedHandleError, NamespaceRestoreError
 from .handle import NsHandle
 from .kinds import Target
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "PinnedExecutor",
@@ -70,6 +72,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _raw_enter = sys_.raw_enter
+_raw_enter_block = sys_.raw_enter_block
 _raw_leave = sys_.raw_leave
 _raw_depth = sys_.raw_depth
 _raw_undo_last = sys_.raw_undo_last
@@ -90,7 +93,17 @@ _fd_box = sys_.fd_box
 _Socket = socket.socket
 _sock_new = socket.socket.__new__
 _sock_init: Callable[..., None] = socket.socket.__mro__[1].__init__  # type: ignore[misc]  # _socket.socket's, in C
-_running_loop = asyncio._get_running_loop
+# asyncio is imported only when used (by run_in_async, or by the caller):
+# it costs ~35 ms of every `import nslib`, which a CNI plugin pays per call.
+# Without asyncio.events in sys.modules no thread can be running a loop.
+_modules_get = sys.modules.get  # the interpreter's module dict itself
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    events = _modules_get("asyncio.events")
+    if events is None:
+        return None
+    return events._get_running_loop()  # type: ignore[no-any-return]
 
 
 def _refuse_on_loop(what: str) -> None:
@@ -139,6 +152,12 @@ class _ExitResult(dict[int, None]):
 
 _EXIT_RESULT = _ExitResult({0: None})
 _NEVER = object()
+
+
+class _Several(tuple[Any, ...]):
+    """The references of one ``entered(a, b, ...)``: several, entered as one switch."""
+
+    __slots__ = ()
 
 
 class _BlockExit(_io._IOBase):
@@ -208,42 +227,50 @@ class entered:
     :raises RuntimeError: on an event loop thread.
     """
 
-    __slots__ = ("_more", "_ns")
+    __slots__ = ("_ns",)
 
     def __init__(self, ns: NsRef | Target, *more: NsRef) -> None:
-        self._ns = ns
-        self._more = more
+        # One slot: several references are one _Several, so the hot path
+        # below tests a single type.
+        self._ns: Any = ns if not more else _Several((ns, *more))
 
     def __enter__(self) -> NsHandle | None:
         ns = self._ns
-        if type(ns) is NsHandle and not self._more:
-            # The hot path: a handle we do not own, no open, one C call.
+        if (
+            type(ns) is NsHandle
+            and ns._nstype == _NET
+            and ((ev := _modules_get("asyncio.events")) is None or ev._get_running_loop() is None)
+        ):
+            # The hot path: a network handle we do not own, one C call.  Every
+            # Python operation here costs as much as a syscall in this loop.
+            try:
+                depth = _raw_enter_block(ns._fd)  # a closed handle's -1 fails in C
+            except BaseException:
+                # Only the check after that C call can raise here; if it
+                # switched, the `with` will not call __exit__.
+                _raw_undo_last()
+                raise
+            if depth > 0:
+                return ns
             fd = ns._fd
-            if fd >= 0 and _running_loop() is None:
-                nstype = ns._nstype
-                if nstype == _NET:
-                    try:
-                        depth = _raw_enter(fd, _BLOCK, _NULL)
-                    except BaseException:
-                        # Only the check after that C call can raise here; if
-                        # it switched, the `with` will not call __exit__.
-                        _raw_undo_last()
-                        raise
-                    if depth > 0:
-                        return ns
-                    sys_.fail(depth, ns.what, fd=fd)  # reads errno first; no second try
-                if nstype in _THREAD_KINDS:  # uts, ipc, cgroup, mnt: the same, per kind
-                    try:
-                        depth = _raw_enter_kind(fd, nstype, _BLOCK, _NULL)
-                    except BaseException:
-                        _raw_undo_last()
-                        raise
-                    if depth > 0:
-                        return ns
-                    sys_.fail_kinds(depth, sys_.ffi.errno, nstype, ns.what)
-        if self._more or _kinds.wants(ns):
+            if fd < 0:
+                raise ClosedHandleError(f"cannot switch through a closed handle ({ns.what})")
+            sys_.fail(depth, ns.what, fd=fd)  # reads errno first; no second try
+        if type(ns) is NsHandle and ns._fd >= 0 and _running_loop() is None:
+            nstype = ns._nstype
+            if nstype in _THREAD_KINDS:  # uts, ipc, cgroup, mnt: the same, per kind
+                fd = ns._fd
+                try:
+                    depth = _raw_enter_kind(fd, nstype, _BLOCK, _NULL)
+                except BaseException:
+                    _raw_undo_last()
+                    raise
+                if depth > 0:
+                    return ns
+                sys_.fail_kinds(depth, sys_.ffi.errno, nstype, ns.what)
+        if type(ns) is _Several or _kinds.wants(ns):
             return self._enter_kinds()
-        res = _open_for_enter(ns)  # type: ignore[arg-type]
+        res = _open_for_enter(ns)
         given = ns if type(ns) is NsHandle else None
         own = res._box if res.owned else _NULL  # the C switch takes it over
         try:
@@ -262,7 +289,8 @@ class entered:
 
     def _enter_kinds(self) -> NsHandle | None:
         # Another kind than net, several namespaces, or a Target.
-        items = (self._ns, *self._more)
+        ns = self._ns
+        items = tuple(ns) if type(ns) is _Several else (ns,)
         given = items[0] if len(items) == 1 and type(items[0]) is NsHandle else None
         what = _kinds.describe(items)
         _refuse_on_loop(what)
@@ -496,6 +524,8 @@ async def run_in_async(ns: NsRef, fn: Callable[P, T], /, *args: P.args, **kwargs
             fut.set_result(result)
 
     target.start(body)
+    import asyncio  # here, not at the top: see _running_loop
+
     return await asyncio.wrap_future(fut)
 
 
