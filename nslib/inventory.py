@@ -25,13 +25,15 @@ at every kind of holder the kernel exposes and deduplicates namespaces by
   the socket itself, so each socket fd is borrowed with ``pidfd_getfd(2)``
   (needs ptrace rights over the owner), asked, and closed again.  It costs
   a few syscalls per socket on the host, hence opt-in;
-* nsid only: a namespace that has an nsid in the caller's namespace but
+* nsid only: a namespace that has an nsid in the calling thread's namespace but
   none of the above was found for (its holder could not be inspected) is
   listed with ``dev == ino == 0`` and :attr:`NamespaceInfo.nsid` set: the
   kernel tells that it is alive, not which inode it is.
 
-Each namespace also carries its names, its nsid as seen from the caller's
-namespace (``RTM_GETNSID`` over a netlink socket), and, when a docker daemon
+Each namespace also carries its names, its nsid as seen from the calling
+*thread's* namespace (``RTM_GETNSID`` over a netlink socket made in it, the
+view ``ip netns list-id`` gives from there; nsids are per viewing namespace,
+so a thread inside ``entered(x)`` sees ``x``'s table), and, when a docker daemon
 answers within a short timeout, the containers and microservice labels
 that run in it.  Processes that cannot be inspected (``EACCES``, as for
 PID 1 in some sandboxes even as root) are listed in
@@ -53,7 +55,6 @@ import fcntl
 import json
 import os
 import re
-import socket
 import stat
 import threading
 import time
@@ -63,6 +64,7 @@ from typing import Any
 
 from . import _syscalls as sys_
 from ._docker_state import label_of
+from ._nsid import Rtnl
 from ._procfs import nsfs_dev, read_mountinfo
 from .names import DEFAULT_RUN_DIR
 
@@ -143,7 +145,8 @@ class NamespaceInfo:
     names: tuple[str, ...] = ()
     #: Every nsfs bind mount of it, the named ones included.
     mounts: tuple[MountEntry, ...] = ()
-    #: Its nsid as seen from the caller's namespace, if one is assigned.
+    #: Its nsid in the calling thread's namespace (what ``ip netns list-id``
+    #: shows there), if one is assigned; every namespace is asked, named or not.
     nsid: int | None = None
     processes: tuple[ProcessEntry, ...] = ()
     fds: tuple[FdEntry, ...] = ()
@@ -251,7 +254,7 @@ class Inventory:
 class _Acc:
     """Mutable per-namespace accumulator."""
 
-    __slots__ = ("containers", "fds", "mounts", "names", "opener", "threads")
+    __slots__ = ("asked", "containers", "fds", "mounts", "names", "nsid", "opener", "threads")
 
     def __init__(self) -> None:
         self.threads: dict[int, list[int]] = {}
@@ -260,11 +263,17 @@ class _Acc:
         self.fds: list[FdEntry] = []
         self.containers: list[ContainerEntry] = []
         self.opener: str | None = None  # a path that opens it, for the nsid query
+        # Its nsid, once asked with an fd in hand (namespaces no path opens:
+        # held by a socket, or by a mount in a mount namespace no process is in).
+        self.nsid: int | None = None
+        self.asked = False
 
 
 class _Scan:
-    def __init__(self, run_dir: str) -> None:
+    def __init__(self, run_dir: str, rtnl: Rtnl | None) -> None:
         self.run_dir = os.path.realpath(run_dir)
+        #: A netlink socket in the calling thread's namespace, for nsids (or None).
+        self.rtnl = rtnl
         self.ns: dict[NsId, _Acc] = {}
         self.unreadable: dict[int, str] = {}
         self.all_tids: dict[int, int] = {}
@@ -282,6 +291,15 @@ class _Scan:
         if a.opener is None:
             a.opener = opener
         return a
+
+    def ask(self, key: NsId, fd: int) -> None:
+        """Look up the nsid of namespace *key* now, through *fd* (open on it)."""
+        a = self.ns.get(key)
+        if self.rtnl is None or a is None or a.asked:
+            return
+        with contextlib.suppress(OSError):
+            a.nsid = self.rtnl.get(fd)
+            a.asked = True
 
     def deny(self, pid: int, e: OSError) -> None:
         self.unreadable.setdefault(pid, e.strerror or str(e))
@@ -373,13 +391,16 @@ class _Scan:
         while todo:
             ino, path = todo.pop()
             seen.add(ino)
-            found = _foreign_mountinfo(path, ino)
+            found, ids = _foreign_mountinfo(path, ino, self.rtnl)
             for mp, key, kind in found:
                 if kind == b"mnt":
                     if key[1] not in seen:
                         todo.append((key[1], ""))  # reachable only from inside: skip
                 elif kind == b"net":
                     self._mount(key, MountEntry(os.fsdecode(mp), 0, ino), None)
+                    a = self.ns[key]
+                    if key in ids and not a.asked:
+                        a.nsid, a.asked = ids[key], True
 
     def _mount(self, key: NsId, entry: MountEntry, opener: str | None) -> None:
         a = self.acc(key, opener)
@@ -445,7 +466,7 @@ class _Scan:
         try:
             for fd in fds:
                 try:
-                    key = _socket_ns(pidfd, fd)
+                    key = _socket_ns(pidfd, fd, self)
                 except OSError as e:
                     if e.errno in (errno.EPERM, errno.EACCES):
                         self.deny(pid, e)
@@ -475,6 +496,32 @@ class _Scan:
             self.acc(key, opener).containers.append(c)
         return status
 
+    # Nsids --------------------------------------------------------------------
+
+    def nsids(self) -> tuple[dict[NsId, int], set[int]]:
+        """``(nsid of each namespace that has one, every nsid assigned)``.
+
+        Both are the calling thread's view: its namespace's nsid table,
+        through a netlink socket made in it (``RTM_GETNSID`` per namespace,
+        as ``ip netns list-id`` does for named ones, and one dump).
+        """
+        rtnl = self.rtnl
+        if rtnl is None:
+            return {}, set()
+        out: dict[NsId, int] = {}
+        for key, a in self.ns.items():
+            if not a.asked and a.opener is not None:
+                got = _nsid_at(rtnl, a.opener, key)
+                if got:
+                    a.nsid, a.asked = got[key], True
+            if a.nsid is not None:
+                out[key] = a.nsid
+        try:
+            every = set(rtnl.dump())
+        except OSError:
+            every = set()
+        return out, every
+
     # Result -------------------------------------------------------------------
 
     def result(self, nsid: bool) -> list[NamespaceInfo]:
@@ -483,7 +530,7 @@ class _Scan:
             current: NsId | None = (st.st_dev, st.st_ino)
         except OSError:
             current = None
-        ids, every = _nsids({k: a.opener for k, a in self.ns.items()}) if nsid else ({}, set())
+        ids, every = self.nsids() if nsid else ({}, set())
         out = []
         for key, a in self.ns.items():
             procs = tuple(
@@ -544,26 +591,39 @@ def inventory(
         wins, an empty value is no label).
     :param sockets: also find namespaces held only by sockets (slower; see
         the module docstring).
-    :param nsid: look up each namespace's nsid in the caller's namespace.
+    :param nsid: look up each namespace's nsid in the calling thread's
+        namespace: a namespace reached by a path (a name, a mount, a thread,
+        an fd) through that path, one held only by a socket or by a mount in
+        a mount namespace no process is in through the fd the scan had in
+        hand.  Nsids nobody could be matched to are listed as rows of their
+        own (``held_by == ("nsid",)``).
 
     Needs root to see other users' processes; without it the scan is
     partial and :attr:`Inventory.unreadable` says where.  Never raises for
     processes that vanish during the scan.
     """
-    scan = _Scan(run_dir or DEFAULT_RUN_DIR)
-    pids = _pids()
-    scan.threads(pids)
-    scan.fds(pids, sockets)  # also finds mount namespaces kept only by an fd
-    scan.mounts()
-    scan.orphan_mounts()
-    status = scan.docker(docker_timeout, label_env, label_key) if docker else "not asked"
-    return Inventory(
-        namespaces=tuple(scan.result(nsid)),
-        run_dir=run_dir or DEFAULT_RUN_DIR,
-        unreadable=dict(sorted(scan.unreadable.items())),
-        docker=status,
-        sockets=sockets,
-    )
+    rtnl = None
+    if nsid:
+        with contextlib.suppress(OSError):  # no rtnetlink here: no nsids
+            rtnl = Rtnl()  # in the calling thread's namespace: the view nsids are from
+    try:
+        scan = _Scan(run_dir or DEFAULT_RUN_DIR, rtnl)
+        pids = _pids()
+        scan.threads(pids)
+        scan.fds(pids, sockets)  # also finds mount namespaces kept only by an fd
+        scan.mounts()
+        scan.orphan_mounts()
+        status = scan.docker(docker_timeout, label_env, label_key) if docker else "not asked"
+        return Inventory(
+            namespaces=tuple(scan.result(nsid)),
+            run_dir=run_dir or DEFAULT_RUN_DIR,
+            unreadable=dict(sorted(scan.unreadable.items())),
+            docker=status,
+            sockets=sockets,
+        )
+    finally:
+        if rtnl is not None:
+            rtnl.close()
 
 
 # -- helpers -------------------------------------------------------------------
@@ -607,16 +667,22 @@ def _nsfs_mounts(path: str) -> list[tuple[bytes, NsId, bytes]]:
     return found
 
 
-def _foreign_mountinfo(path: str, ino: int) -> list[tuple[bytes, NsId, bytes]]:
+def _foreign_mountinfo(
+    path: str, ino: int, rtnl: Rtnl | None
+) -> tuple[list[tuple[bytes, NsId, bytes]], dict[NsId, int | None]]:
     """:func:`_nsfs_mounts` of a mount namespace no process is in, via *path*.
 
     Read from a throwaway thread that unshares its filesystem context and
     joins that mount namespace (the caller never moves); nothing if it
-    cannot be opened or joined.
+    cannot be opened or joined.  Only that thread can open the network
+    namespaces mounted there, so it also asks *rtnl* (a socket in the
+    caller's namespace, which any thread may use) for their nsids: the
+    second item maps each one it could ask to its nsid.
     """
     out: list[list[tuple[bytes, NsId, bytes]]] = []
+    ids: dict[NsId, int | None] = {}
     if not path:
-        return []
+        return [], ids
 
     def look() -> None:
         try:
@@ -628,7 +694,12 @@ def _foreign_mountinfo(path: str, ino: int) -> list[tuple[bytes, NsId, bytes]]:
                 return  # the path names something else now
             sys_.unshare(_CLONE_FS, "a private filesystem context for the inventory")
             sys_.setns(fd, sys_.CLONE_NEWNS, f"mount namespace mnt:[{ino}]")
-            out.append(_nsfs_mounts("/proc/thread-self/mountinfo"))
+            found = _nsfs_mounts("/proc/thread-self/mountinfo")
+            out.append(found)
+            if rtnl is not None:
+                for mp, key, kind in found:
+                    if kind == b"net" and key not in ids:
+                        ids.update(_nsid_at(rtnl, mp, key))
         except OSError:
             return
         finally:
@@ -637,7 +708,24 @@ def _foreign_mountinfo(path: str, ino: int) -> list[tuple[bytes, NsId, bytes]]:
     t = threading.Thread(target=look, name="nslib-inventory-mnt", daemon=True)
     t.start()
     t.join()
-    return out[0] if out else []
+    return (out[0] if out else []), ids
+
+
+def _nsid_at(rtnl: Rtnl, path: str | bytes, key: NsId) -> dict[NsId, int | None]:
+    """``{key: nsid}`` if *path* opens namespace *key* and the kernel answers, else ``{}``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != key:
+            return {}  # the path now names something else (PID reuse, a new mount)
+        return {key: rtnl.get(fd)}
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
 
 
 _CLONE_FS = 0x00000200
@@ -680,8 +768,12 @@ def _pidfd_getfd(pidfd: int, fd: int) -> int:
     return sys_.pidfd_getfd(pidfd, fd)
 
 
-def _socket_ns(pidfd: int, fd: int) -> NsId:
-    """The namespace a socket of another process was created in."""
+def _socket_ns(pidfd: int, fd: int, scan: _Scan) -> NsId:
+    """The namespace a socket of another process was created in.
+
+    No path opens a namespace held only by a socket, so its nsid is asked
+    for here, while the fd ``SIOCGSKNS`` gave is open.
+    """
     dup = _pidfd_getfd(pidfd, fd)
     try:
         if not stat.S_ISSOCK(os.fstat(dup).st_mode):
@@ -689,103 +781,15 @@ def _socket_ns(pidfd: int, fd: int) -> NsId:
         nsfd = fcntl.ioctl(dup, _SIOCGSKNS)
         try:
             st = os.fstat(nsfd)
+            key = (st.st_dev, st.st_ino)
+            if key not in scan.ns and scan.rtnl is not None:  # else asked through a path
+                scan.acc(key, None)
+                scan.ask(key, nsfd)
         finally:
             os.close(nsfd)
     finally:
         os.close(dup)
-    return (st.st_dev, st.st_ino)
-
-
-# nsid lookup: an RTM_GETNSID request per namespace (pyroute2's nsidmsg),
-# answered by the kernel from the caller's namespace (what `ip netns list`
-# shows), and one dump of every nsid the caller's namespace has assigned.
-_RTM_NEWNSID = 88
-_RTM_GETNSID = 90
-_NLMSG_ERROR = 2
-_NLMSG_DONE = 3
-_NSID_NOT_ASSIGNED = 0xFFFFFFFF
-
-
-def _nsids(openers: dict[NsId, str | None]) -> tuple[dict[NsId, int], set[int]]:
-    """``(nsid of each namespace that has one, every nsid assigned)``."""
-    try:
-        import pyroute2.netlink.rtnl.nsidmsg  # noqa: F401
-    except ImportError:  # an interpreter without nslib's dependencies: no nsids
-        return {}, set()
-    try:
-        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
-    except OSError:
-        return {}, set()
-    out = {}
-    every: set[int] = set()
-    try:
-        nl.settimeout(1.0)
-        nl.bind((0, 0))
-        seq = 0
-        for seq, (key, path) in enumerate(openers.items(), 1):
-            if path is None:
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) != key:
-                    continue  # the path now names something else (PID reuse)
-                found = _ask(nl, seq, [("NETNSA_FD", fd)], dump=False)
-            except OSError:
-                continue
-            finally:
-                os.close(fd)
-            if found:
-                out[key] = found[0]
-        with contextlib.suppress(OSError):
-            every = set(_ask(nl, seq + 1, [], dump=True))
-    finally:
-        nl.close()
-    return out, every
-
-
-def _ask(nl: socket.socket, seq: int, attrs: list[tuple[str, int]], *, dump: bool) -> list[int]:
-    """Send one RTM_GETNSID and return the nsids in its answer(s)."""
-    from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
-    from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
-
-    msg = nsidmsg()
-    msg["header"]["type"] = _RTM_GETNSID
-    msg["header"]["flags"] = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
-    msg["header"]["sequence_number"] = seq
-    msg["attrs"].extend(attrs)
-    msg.encode()
-    nl.send(msg.data)
-    found: list[int] = []
-    while True:
-        data = nl.recv(65536)
-        off = 0
-        while off + 16 <= len(data):
-            start = off
-            reply = nsidmsg(data[start:])
-            reply.decode()
-            header = reply["header"]
-            off += max((int(header["length"]) + 3) & ~3, 16)
-            if header["sequence_number"] != seq:
-                continue  # a late answer to an earlier request
-            kind = header["type"]
-            if kind == _NLMSG_ERROR:
-                # struct nlmsgerr: a negative errno right after the header.
-                err = int.from_bytes(data[start + 16 : start + 20], "little", signed=True)
-                if err:
-                    raise OSError(abs(err), os.strerror(abs(err)))
-                return found
-            if kind == _NLMSG_DONE:
-                return found
-            if kind == _RTM_NEWNSID:
-                value = reply.get_attr("NETNSA_NSID")
-                if value is not None and value != _NSID_NOT_ASSIGNED and value < 2**31:
-                    found.append(int(value))
-                if not dump:
-                    return found
+    return key
 
 
 def _containers(

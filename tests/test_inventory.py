@@ -194,6 +194,48 @@ def test_a_mount_in_another_mount_namespace(tmp_path: Path) -> None:
         proc.wait()
 
 
+def test_nsid_of_a_namespace_only_a_mount_namespace_without_processes_holds(
+    tmp_path: Path,
+) -> None:
+    # The network namespace is bound onto a file inside a private mount
+    # namespace; once that namespace's only process is gone, only our fd of
+    # the mount namespace keeps it (and so the network namespace) alive.  No
+    # path of ours opens it: the scan must ask its nsid from inside.
+    target = tmp_path / "pinned"
+    target.touch()
+    proc = subprocess.Popen(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"unshare --net={target} true && exec sleep 60",
+        ]
+    )
+    mnt_fd = -1
+    try:
+        wait_for_exe(proc.pid, "sleep")
+        mnt_fd = os.open(f"/proc/{proc.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        nsid = random.randint(100_000, 2_000_000)
+        with nslib.NsHandle.from_path(f"/proc/{proc.pid}/root{target}") as h:
+            key = h.ns_id
+            set_nsid(h.fileno(), nsid)
+    finally:
+        proc.kill()
+        proc.wait()
+    try:
+        inv = inventory(docker=False)
+        ns = inv.get(key)
+        assert ns is not None and [m.via_pid for m in ns.mounts] == [0]
+        assert ns.nsid == nsid
+        assert [n for n in inv if n.nsid == nsid] == [ns], "the nsid also listed on its own"
+        no_duplicates(inv)
+    finally:
+        os.close(mnt_fd)
+
+
 def test_scan_survives_churn() -> None:
     # Processes and threads come and go during the scan: never an error.
     stop = threading.Event()

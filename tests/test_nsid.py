@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import os
 import random
 import re
+import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from helpers import PREFIX
 
-from nslib import NetNamespace
+import nslib
+from nslib import NetNamespace, NsHandle, named
 from nslib import named as nsids
+from nslib._nsid import Rtnl
 from nslib.errors import InvalidReference, NamespaceNotFound, NslibError
+from nslib.inventory import inventory
 
 pytestmark = pytest.mark.root
 
@@ -128,3 +136,98 @@ def test_list_ids_names_only_what_is_named(host_names: list[str], run_dir: str) 
     assert nsids.list_ids()[value] == host_names[2]
     with contextlib.suppress(FileNotFoundError):
         assert nsids.list_ids(run_dir="/nonexistent/netns").get(value, "absent") is None
+
+
+# -- the NSID column of `nslib ls` -----------------------------------------------------
+
+
+def ls_json(*args: str, inside: str | None = None) -> list[dict[str, Any]]:
+    """The rows of ``nslib ls --json --no-docker``, run as a process (inside *inside*)."""
+    cmd = [sys.executable, "-m", "nslib.cli", "ls", "--json", "--no-docker", *args]
+    if inside:
+        cmd = ["ip", "netns", "exec", inside, *cmd]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    rows: list[dict[str, Any]] = json.loads(res.stdout)["namespaces"]
+    return rows
+
+
+def by_ns_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["ns_id"]: r for r in rows if r["ino"]}
+
+
+def key_of(path_or_handle: str | NsHandle) -> str:
+    if isinstance(path_or_handle, NsHandle):
+        dev, ino = path_or_handle.ns_id
+    else:
+        st = os.stat(path_or_handle)
+        dev, ino = st.st_dev, st.st_ino
+    return f"{dev}:{ino}"
+
+
+def test_ls_nsid_is_right_for_every_namespace(host_names: list[str], run_dir: str) -> None:
+    """Named or not, held by a mount, an fd or only a socket: the caller's nsid, or null."""
+    a, b, _c, _d = host_names  # c and d get no nsid
+    base = 1_600_000 + random.randrange(100_000) * 10
+    assert ip("netns", "set", a, str(base)).returncode == 0
+    assert ip("netns", "set", b, "auto").returncode == 0
+    # A name only nslib knows (a private run directory), with an nsid set by nslib.
+    private = f"{PREFIX}p{uuid.uuid4().hex[:6]}"
+    named.create(private, run_dir=run_dir).close()
+    assert nsids.set_nsid(private, base + 1, run_dir=run_dir) == base + 1
+    with (
+        NsHandle.new() as fd_with,
+        NsHandle.new() as fd_without,
+        NsHandle.new() as sock_ns,
+        Rtnl() as rtnl,
+    ):
+        rtnl.set(fd_with.fileno(), base + 2, "an fd-held namespace")
+        rtnl.set(sock_ns.fileno(), base + 3, "a socket-held namespace")
+        sock = nslib.socket_in(sock_ns, socket.AF_INET, socket.SOCK_DGRAM)
+        sock_key = key_of(sock_ns)
+        sock_ns.close()  # from now on only the socket holds it
+        try:
+            rows = ls_json("--sockets")
+            theirs = ip_list_ids(None)
+        finally:
+            sock.close()
+        got = by_ns_id(rows)
+        for name in host_names:
+            expect = next((k for k, n in theirs.items() if n == name), None)
+            assert got[key_of(f"/run/netns/{name}")]["nsid"] == expect, name
+        assert got[key_of(f"/run/netns/{a}")]["nsid"] == base
+        assert got[key_of(os.path.join(run_dir, private))]["nsid"] == base + 1
+        assert got[key_of(fd_with)]["nsid"] == base + 2
+        assert got[key_of(fd_with)]["names"] == [] and base + 2 in theirs  # ip lists it, unnamed
+        assert got[key_of(fd_without)]["nsid"] is None
+        assert got[sock_key]["held_by"] == ["sockets"] and got[sock_key]["nsid"] == base + 3
+    # Each nsid on exactly one row: none left over as an "nsid only" row of its own.
+    ours = {base, base + 1, base + 2, base + 3}
+    listed = [r["nsid"] for r in rows if r["nsid"] in ours]
+    assert sorted(listed) == sorted(ours)
+
+
+def test_ls_nsid_is_relative_to_the_calling_thread(host_names: list[str]) -> None:
+    a, b, c, _d = host_names
+    assert ip("-n", a, "netns", "set", b, "7").returncode == 0  # in a's table only
+    assert ip("netns", "set", c, "auto").returncode == 0  # in the host's table only
+    theirs = ip_list_ids(a)
+    keys = {n: key_of(f"/run/netns/{n}") for n in host_names}
+
+    def expected(name: str) -> int | None:
+        return next((k for k, n in theirs.items() if n == name), None)
+
+    # A process inside a: `ip netns exec a nslib ls`.
+    got = by_ns_id(ls_json(inside=a))
+    for name in (b, c):
+        assert got[keys[name]]["nsid"] == expected(name), name
+    assert got[keys[b]]["nsid"] == 7 and got[keys[c]]["nsid"] is None
+    assert got[keys[a]]["current"]
+    # A thread of this process switched into a: the API says the same.
+    with nslib.entered(NetNamespace.named(a)):
+        inv = inventory(docker=False)
+    mine = {f"{n.dev}:{n.ino}": n.nsid for n in inv if n.ino}
+    assert mine[keys[b]] == 7 and mine[keys[c]] is None
+    # And from the host, c has one and b none.
+    host = by_ns_id(ls_json())
+    assert host[keys[c]]["nsid"] is not None and host[keys[b]]["nsid"] is None
