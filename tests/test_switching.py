@@ -1003,6 +1003,96 @@ def test_socket_in_socket_errors(a: NsHandle, home_ns: NsId, fd_baseline: set[in
     assert thread_ns() == home_ns
 
 
+def _fail_setns_on(fd: int) -> None:
+    """Make every later ``setns(fd, ...)`` of the calling thread fail with EPERM.
+
+    A seccomp filter on this thread only (prctl installs it without
+    synchronising other threads): a real kernel refusal of exactly the move
+    back, which nothing else in the process can observe.  The thread keeps it
+    until it exits.
+    """
+    import ctypes
+    import platform
+
+    arch, nr = {
+        "x86_64": (0xC000003E, 308),  # AUDIT_ARCH_X86_64, __NR_setns
+        "aarch64": (0xC00000B7, 268),
+    }[platform.machine()]
+    ld, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_RET|K
+    allow, eperm = 0x7FFF0000, 0x00050000 | errno.EPERM
+    code = [
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 0, 5, arch),
+        (ld, 0, 0, 0),  # .nr
+        (jeq, 0, 3, nr),
+        (ld, 0, 0, 16),  # low half of .args[0]
+        (jeq, 0, 1, fd),
+        (ret, 0, 0, eperm),
+        (ret, 0, 0, allow),
+    ]
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [
+            ("code", ctypes.c_uint16),
+            ("jt", ctypes.c_uint8),
+            ("jf", ctypes.c_uint8),
+            ("k", ctypes.c_uint32),
+        ]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [
+            ("len", ctypes.c_uint16),
+            ("filter", ctypes.POINTER(SockFilter)),
+        ]
+
+    insns = (SockFilter * len(code))(*(SockFilter(*c) for c in code))
+    prog = SockFprog(len(code), insns)
+    libc = ctypes.CDLL(None, use_errno=True)
+    # PR_SET_SECCOMP, SECCOMP_MODE_FILTER; root has CAP_SYS_ADMIN, so no
+    # PR_SET_NO_NEW_PRIVS is needed.
+    if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def test_socket_in_restore_failure_poisons(a: NsHandle, fd_baseline: set[int]) -> None:
+    # socket_in joins, makes the socket and moves back in one C call; when
+    # the kernel refuses the move back, the socket is closed, the error says
+    # the restore failed (not socket()), and the thread is poisoned.
+    out: dict[str, Any] = {}
+
+    def body() -> None:
+        with entered(a):  # opens this thread's home fd
+            pass
+        home_fd = sys_.lib.nslib_home_fd()
+        home = thread_ns()
+        before = open_fds()
+        _fail_setns_on(home_fd)
+        try:
+            socket_in(a, socket.AF_INET, socket.SOCK_DGRAM)
+        except BaseException as e:
+            out["error"] = e
+        out["leaked"] = open_fds() - before
+        out["poisoned"] = thread_poisoned()
+        out["where"], out["home"], out["a"] = thread_ns(), home, a.ns_id
+        # Every later switch refuses.
+        with contextlib.suppress(NamespaceRestoreError), entered(a):
+            out["entered"] = True
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    error = out["error"]
+    assert isinstance(error, NamespaceRestoreError), error
+    assert error.errno == errno.EPERM
+    assert out["leaked"] == set()  # the socket made inside was closed
+    assert out["poisoned"]
+    assert out["where"] == out["a"] != out["home"]  # stuck there, and it says so
+    assert "entered" not in out
+    assert switch_depth() == 0
+    assert not thread_poisoned()  # the main thread is untouched
+
+
 # -- the property --------------------------------------------------------------
 
 K = 4  # len(spaces)
