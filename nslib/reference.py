@@ -1,4 +1,4 @@
-"""``NetNamespace``: a namespace *reference* (type plus value), as in the seed.
+"""``NetNamespace``: a namespace *reference* (type plus value), as in the Ligato vpp-agent.
 
 A reference is a value; resolving it (:func:`open_namespace`) gives an
 :class:`~nslib.handle.NsHandle`.
@@ -61,7 +61,7 @@ class NetNamespace:
     def __post_init__(self) -> None:
         t, ref = self.type, self.reference
         if type(t) is not ReferenceType:
-            # Accept the seed's plain ints, but store the enum (for str()).
+            # Accept the vpp-agent's plain ints, but store the enum (for str()).
             try:
                 t = ReferenceType(t)
             except (ValueError, TypeError):
@@ -83,7 +83,7 @@ class NetNamespace:
             if ref:
                 raise InvalidReference(f"an UNDEFINED reference carries no value: {ref!r}")
         elif not ref:  # FD
-            pass  # the seed's "default namespace": NsPlugin resolves it, open_namespace refuses
+            pass  # the vpp-agent's default namespace: NsPlugin resolves it, open_namespace refuses
         else:
             try:
                 os.fsencode(ref)
@@ -104,7 +104,7 @@ class NetNamespace:
 
     @classmethod
     def path(cls, path: str | os.PathLike[str]) -> NetNamespace:
-        """A namespace file path (the seed's FD type)."""
+        """A namespace file path (the vpp-agent's FD type)."""
         path = os.fspath(path)
         if not path:
             raise InvalidReference("path reference is empty")
