@@ -1,4 +1,4 @@
-"""``NsPlugin``: the seed's namespace plugin (Ligato's nsplugin), in Python.
+"""``NsPlugin``: the Ligato vpp-agent's namespace plugin (nsplugin), in Python.
 
 Resolve any :class:`~nslib.NetNamespace` reference to a handle, or switch
 the calling thread into it::
@@ -14,7 +14,7 @@ the calling thread into it::
 
 The plugin's *default namespace* is the one the thread calling
 :meth:`NsPlugin.init` was in at that moment; ``None`` and an FD reference
-with an empty path mean it, as in the seed.
+with an empty path mean it, as in the vpp-agent.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ class Config:
     """How an :class:`NsPlugin` behaves.
 
     :param disabled: every call raises :class:`~nslib.PluginDisabledError`
-        (the seed's ``disabled: true``).
+        (the vpp-agent's ``disabled: true``).
     :param create_missing: an NSID reference to a named namespace that does
-        not exist creates it, as the seed does.  This is the only implicit
+        not exist creates it, as the vpp-agent does.  This is the only implicit
         creation anywhere in nslib; ``False`` turns it off (a missing name
         then raises :class:`~nslib.NamespaceNotFound`).
     :param run_dir: where named namespaces live (default ``/run/netns``,
@@ -111,7 +111,7 @@ class NsPlugin:
     def init(self) -> None:
         """Capture the calling thread's namespace as the default namespace.
 
-        Like the seed, a disabled plugin initializes to nothing.  Calling
+        Like the vpp-agent's, a disabled plugin initializes to nothing.  Calling
         init twice is an error.
 
         :raises RuntimeError: already initialized, or closed.
@@ -281,7 +281,7 @@ class NsPlugin:
     def switch_to_namespace(self, ns: NetNamespace | str | None) -> Revert:
         """Move the calling thread into *ns*; return the callable that moves it back.
 
-        The seed's ``SwitchToNamespace``: the caller must call the returned
+        The vpp-agent's ``SwitchToNamespace``: the caller must call the returned
         :class:`~nslib.Revert` on the same thread (or use it as a context
         manager).  Resolution follows :meth:`get_namespace_handle`.
 
