@@ -87,8 +87,8 @@ def _fd_path(fd: int) -> bytes:
     return b"/proc/thread-self/fd/%d" % fd
 
 
-def _reraise(e: OSError, what: str, path: str) -> OSError:
-    """*e* again, with a message naming *what* and the real *path*."""
+def _described(e: OSError, what: str, path: str) -> OSError:
+    """*e* as a new error (same errno) naming *what* and the real *path*; the caller raises it."""
     return oserror(e.errno or errno.EIO, what, path)
 
 
@@ -172,12 +172,12 @@ def _prepare_run_dir(run_dir: str) -> None:
     except FileNotFoundError:
         os.makedirs(run_dir, 0o755, exist_ok=True)
     except OSError as e:
-        raise _reraise(e, f"cannot create the run directory {run_dir}", run_dir) from None
+        raise _described(e, f"cannot create the run directory {run_dir}", run_dir) from None
     box = sys_.fd_box()
     try:
         _open_into(box, run_dir, _O_DIR)
     except OSError as e:
-        raise _reraise(e, f"cannot open the run directory {run_dir}", run_dir) from None
+        raise _described(e, f"cannot open the run directory {run_dir}", run_dir) from None
     try:
         with contextlib.suppress(OSError):  # as iproute2: proceed unlocked
             fcntl.flock(box[0], fcntl.LOCK_EX)
@@ -286,13 +286,13 @@ def _reserve(name: str, path: str, run_dir: str, work: _Work) -> None:
     try:
         _open_into(work.dfd, os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        raise _reraise(e, f"cannot open the run directory {run_dir}", run_dir) from None
+        raise _described(e, f"cannot open the run directory {run_dir}", run_dir) from None
     dfd = work.dfd[0]
     try:
         _open_into(work.lock, ".", _O_TMPFILE, dfd)
     except OSError as e:
         if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
+            raise _described(e, f"cannot create the placeholder for {name!r}", path) from None
         _reserve_plain(name, path, run_dir, work)
         return
     lock = work.lock[0]
@@ -304,7 +304,7 @@ def _reserve(name: str, path: str, run_dir: str, work: _Work) -> None:
     except FileExistsError:
         raise _taken(name, path, run_dir) from None
     except OSError as e:
-        raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
+        raise _described(e, f"cannot create the placeholder for {name!r}", path) from None
     # A mount needs the named dentry, not the unnamed one the fd was born
     # with: open the name, and make sure it still is our file.
     with contextlib.suppress(OSError):
@@ -326,7 +326,7 @@ def _reserve_plain(name: str, path: str, run_dir: str, work: _Work) -> None:
     except FileExistsError:
         raise _taken(name, path, run_dir) from None
     except OSError as e:
-        raise _reraise(e, f"cannot create the placeholder for {name!r}", path) from None
+        raise _described(e, f"cannot create the placeholder for {name!r}", path) from None
     # Marks "creation in progress" for stale()/repair().  Blocking: if
     # repair() is looking at this very file, wait; it will have removed it
     # and the bind then fails cleanly with ENOENT.
@@ -379,7 +379,7 @@ def _bind(ns_fd: int, placeholder_fd: int, name: str, path: str) -> None:
                 f"the placeholder of {name!r} was removed while it was being bound",
                 path,
             ) from None
-        raise _reraise(e, what, path) from None
+        raise _described(e, what, path) from None
 
 
 def _name_onto(name: str, run_dir: str, source: NsHandle | None) -> NsHandle | None:
@@ -548,7 +548,7 @@ def _verified(box: Any, dfd: int, name: str, path: str) -> None:
     except (FileNotFoundError, NotADirectoryError):
         raise NamespaceNotFound(errno.ENOENT, f"no named namespace {name!r}", path) from None
     except OSError as e:
-        raise _reraise(e, f"cannot open {path}", path) from None
+        raise _described(e, f"cannot open {path}", path) from None
     fd = box[0]
     st = os.fstat(fd)
     if st.st_dev != nsfs_dev():
@@ -619,7 +619,7 @@ def _pinned_by(path: str) -> str:
 
 def _busy(e: OSError, what: str, path: str) -> OSError:
     if e.errno != errno.EBUSY:
-        return _reraise(e, what, path)
+        return _described(e, what, path)
     return OSError(errno.EBUSY, f"{os.strerror(errno.EBUSY)}: {what}: {_pinned_by(path)}", path)
 
 
@@ -944,7 +944,7 @@ def repair(name: str, *, run_dir: str | None = None) -> None:
                 raise NamespaceExists(
                     errno.EEXIST, f"{path} is a mount point; not stale", path
                 ) from None
-            raise _reraise(e, f"cannot remove the stale placeholder {name!r}", path) from None
+            raise _described(e, f"cannot remove the stale placeholder {name!r}", path) from None
     finally:
         sys_.close_box(box)
 
