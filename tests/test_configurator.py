@@ -175,7 +175,7 @@ def test_named_namespace_deleted_and_recreated(conf, run_dir, unique) -> None:
 
 
 def test_placeholder_before_mount_stays_pending(conf, run_dir, unique) -> None:
-    """Pitfall 14: the file appears before its bind mount; wait for the mount."""
+    """A named namespace's file appears before its bind mount; wait for the mount."""
     nslib.named.create(unique + "x", run_dir=run_dir).close()  # makes run_dir a netns dir
     nslib.named.delete(unique + "x", run_dir=run_dir)
     placeholder = os.path.join(run_dir, unique)

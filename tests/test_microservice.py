@@ -1,4 +1,4 @@
-"""The microservice tracker (issue 4) against a real, private docker daemon.
+"""The microservice tracker against a real, private docker daemon.
 
 Every docker scenario ends by comparing the tracker's map with a fresh
 list + inspect computed here, independently of the tracker (``truth``), and

@@ -1,4 +1,4 @@
-"""NsPlugin: the seed's API (every ReferenceType, disabled, microservices, switching)."""
+"""NsPlugin: the vpp-agent's API (every ReferenceType, disabled, microservices, switching)."""
 
 from __future__ import annotations
 
@@ -205,7 +205,7 @@ def test_switch_failure_leaves_thread_home(plugin, home_ns, tmp_path) -> None:
 
 def test_disabled_plugin_refuses_every_call(netns, run_dir, unique) -> None:
     p = NsPlugin(Config(disabled=True, run_dir=run_dir))
-    p.init()  # as the seed: initializing a disabled plugin does nothing
+    p.init()  # as in the vpp-agent: initializing a disabled plugin does nothing
     calls = [
         lambda: p.get_namespace_handle(None),
         lambda: p.default_namespace(),

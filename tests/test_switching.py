@@ -858,7 +858,7 @@ def test_threaded_enter_leave(spaces: list[NsHandle], home_ns: NsId, fd_baseline
 def test_thread_started_while_switched_is_born_there(
     a: NsHandle, b: NsHandle, home_ns: NsId, fd_baseline: set[int]
 ) -> None:
-    """Pitfall 3: a new thread inherits its creator's namespace.
+    """A new thread inherits its creator's namespace.
 
     A plain thread (or a lazily started pool worker) created inside
     ``entered()`` lives in the foreign namespace; nslib's own threads join
@@ -1188,8 +1188,8 @@ def test_random_switch_programs_on_many_threads(
 
     threads = [threading.Thread(target=worker, args=(p,)) for p in program_set]
     for i, t in enumerate(threads):
-        # Start each thread inside a different namespace (pitfall 3 on
-        # purpose), so "its own original namespace" differs between threads.
+        # Start each thread inside a different namespace (inherited from its
+        # creator on purpose), so "its own original namespace" differs between threads.
         with entered(spaces[i % K]):
             t.start()
     for t in threads:
