@@ -27,7 +27,7 @@ from benchmarks._harness import Result, Target, machine, markdown, ratios, save_
 
 HERE = Path(__file__).resolve().parent
 #: Benchmark modules in report order; each has run(quick) -> (results, targets).
-MODULES = ["switching", "named", "netlink", "tracker", "process", "monitor", "kinds"]
+MODULES = ["switching", "named", "netlink", "tracker", "process", "monitor", "kinds", "cni"]
 RESULTS = HERE / "results"
 
 
