@@ -219,8 +219,8 @@ class _Podman(_Runtime):
         self.p.cli("rm", "-f", "-t", "0", cid, check=False)
 
     def remove_many(self, ids: list[str]) -> None:
-        for i in range(0, len(ids), 100):  # one podman call per 100
-            self.p.cli("rm", "-f", "-t", "0", *ids[i : i + 100], check=False, timeout=600)
+        chunks = [ids[i : i + 25] for i in range(0, len(ids), 25)]  # one podman call per 25
+        _parallel(lambda c: self.p.cli("rm", "-f", "-t", "0", *c, check=False, timeout=600), chunks)
 
     def kill(self, cid: str) -> None:
         self.p.cli("kill", cid)
