@@ -96,9 +96,18 @@ def mounts_under(path: str) -> list[str]:
 
 
 def unmount_tree(path: str) -> None:
-    """Detach every mount at or below *path*, deepest first."""
-    for mnt in sorted(set(mounts_under(path)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
+    """Detach every mount at or below *path*, deepest first.
+
+    Repeated until nothing is left: a mount covered by another one mounted
+    over its parent (a tmpfs over a run directory) is reachable only once the
+    cover is gone.
+    """
+    for _ in range(8):
+        found = mounts_under(path)
+        if not found:
+            return
+        for mnt in sorted(set(found), key=len, reverse=True):
+            subprocess.run(["umount", "-l", mnt], check=False, capture_output=True)
 
 
 def host_netns_names() -> set[str]:
