@@ -483,7 +483,7 @@ def create(name: str, *, run_dir: str | None = None) -> NsHandle:
     made = _name_onto(name, d, None)
     assert made is not None
     try:
-        warn_if_private(d)  # a run dir the host never sees: say so (cached, ~9 us)
+        warn_if_private(d)  # a run dir the host never sees: say so (cached, ~14 us)
     except BaseException:  # warnings turned into errors: the handle must not leak
         made.close()
         raise
