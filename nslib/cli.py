@@ -52,6 +52,7 @@ import signal
 import sys
 import threading
 import unicodedata
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -880,9 +881,24 @@ def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    # A library warning (a run directory that does not propagate, say) is one
+    # escaped "nslib: warning:" line, as the logged ones are, not Python's
+    # file:line form.
+    print(f"nslib: warning: {_safe(str(message))}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nslib`` command line; return the exit status."""
     logging.basicConfig(level=logging.WARNING, format="nslib: warning: %(message)s")
+    warnings.showwarning = _show_warning
     ours, rest = _split_passthrough(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(ours)
     if rest:

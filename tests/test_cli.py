@@ -54,7 +54,17 @@ def nslib_cmd(
 
 
 def no_docker_env(tmp: Path) -> dict[str, str]:
-    return {"DOCKER_HOST": f"unix://{tmp}/no-docker-here.sock"}
+    """No runtime answers: docker, podman and containerd all point at nothing.
+
+    Without a ``--source`` the CLI takes the first runtime that answers, so a
+    host where podman or containerd listens on its default socket must not
+    change what these tests see.
+    """
+    return {
+        "DOCKER_HOST": f"unix://{tmp}/no-docker-here.sock",
+        "CONTAINER_HOST": f"unix://{tmp}/no-podman-here.sock",
+        "CONTAINERD_ADDRESS": f"{tmp}/no-containerd-here.sock",
+    }
 
 
 @pytest.fixture

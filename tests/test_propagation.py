@@ -208,3 +208,29 @@ def test_nslib_ls_says_so(run_dir: str) -> None:
             json.loads(r.stdout)  # stdout stays pure JSON
     r = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "propagates" not in r.stderr, r.stderr
+
+
+def test_nslib_add_warns_in_one_escaped_line(run_dir: str, unique: str) -> None:
+    # The CLI prints a library warning as "nslib: warning: ...", not in
+    # Python's "file:line: RuntimeWarning" form.
+    if shutil.which("unshare") is None:
+        missing("needs unshare (util-linux)")
+    cli = f"{sys.executable} -m nslib.cli --run-dir {run_dir}"
+    r = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"{cli} add {unique} && {cli} del {unique}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    [line] = r.stderr.splitlines()
+    assert line.startswith("nslib: warning: run directory ") and "propagates" in line
+    assert "RuntimeWarning" not in r.stderr and ".py:" not in r.stderr
