@@ -283,14 +283,14 @@ def popen(
 
     *ref* may also be a :class:`~nslib.Target` or a mapping from
     :class:`~nslib.NsKind` to references, for several namespaces at once as
-    ``nsenter`` does: that is :func:`nslib.spawn.popen` (*etc*, *tracker*
-    and *run_dir* do not apply; its ``root``, ``cwd`` and
-    ``preserve_credentials`` may be given here).
+    ``nsenter`` does: that is :func:`nslib.spawn.popen` (*etc* does not
+    apply; *tracker* and *run_dir* serve its NET entry; its ``root``,
+    ``cwd`` and ``preserve_credentials`` may be given here).
     """
     if _several(ref):
         from .spawn import popen as spawn_popen
 
-        return spawn_popen(ref, argv, **popen_kwargs)
+        return spawn_popen(ref, argv, tracker=tracker, run_dir=run_dir, **popen_kwargs)
     target = _open_target(ref, tracker, run_dir)  # type: ignore[arg-type]
     try:
         proc: subprocess.Popen[Any] = _spawn(

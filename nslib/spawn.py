@@ -61,6 +61,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _syscalls as sys_
+from ._resolve import Resolved, Tracker, parse, resolve
 from .errors import (
     InvalidReference,
     NamespaceJoinError,
@@ -68,9 +69,9 @@ from .errors import (
     NotANamespace,
     SpawnError,
 )
-from .handle import NsHandle
+from .handle import NsHandle, check_fd
 from .kinds import NsKind, Pidfd, Target
-from .reference import NetNamespace, open_namespace
+from .reference import NetNamespace, ReferenceType
 
 __all__ = ["NsPopen", "NsRef", "popen", "run"]
 
@@ -93,6 +94,7 @@ class _Plan:
         "owned",
         "pidfd",
         "pidfd_types",
+        "resolved",
         "root_fd",
         "what",
     )
@@ -101,6 +103,7 @@ class _Plan:
         self.joins: list[tuple[int, NsKind]] = []
         self.what: dict[NsKind, str] = {}
         self.owned: list[int] = []
+        self.resolved: list[Resolved] = []
         self.pidfd: Pidfd | None = None
         self.pidfd_types = 0
         self.root_fd = -1
@@ -123,6 +126,9 @@ class _Plan:
         owned, self.owned = self.owned, []
         for fd in owned:
             os.close(fd)
+        resolved, self.resolved = self.resolved, []
+        for res in resolved:
+            res.close()
         pidfd, self.pidfd = self.pidfd, None
         if pidfd is not None:
             pidfd.close()
@@ -186,15 +192,17 @@ def _resolve_target(target: Target, plan: _Plan, root: _DirSpec, cwd: _DirSpec) 
     plan.pidfd_types = sum(k.flag for _, k in plan.joins)
 
 
-def _resolve_one(kind: NsKind, ref: NsRef, plan: _Plan) -> None:
+def _resolve_one(
+    kind: NsKind, ref: NsRef, plan: _Plan, tracker: Tracker | None, run_dir: str | None
+) -> None:
+    # NET goes through the one resolver, so a string means here what it means
+    # everywhere (a bare word is a named namespace).  The other kinds take a
+    # handle, a pidfd, an fd, or a path (`/...`, `path:`, a path object); a
+    # name, `pid:` or `ms:` reference names a network namespace.
     label = f"the {kind} namespace"
     if isinstance(ref, bool):
         raise InvalidReference(f"{label}: expected a namespace reference, not {ref!r}")
-    if isinstance(ref, NsHandle):
-        fd = ref.fileno()
-        sys_.check_kind(fd, kind.flag, ref.what)
-        plan.add(fd, kind, ref.what)
-    elif isinstance(ref, Pidfd):
+    if isinstance(ref, Pidfd):
         what = f"process {ref.pid}"
         path = b"/proc/%d/ns/%s" % (ref.pid, kind.proc_name.encode())
         try:
@@ -205,19 +213,22 @@ def _resolve_one(kind: NsKind, ref: NsRef, plan: _Plan) -> None:
         plan.own(fd)
         ref.alive_check()
         plan.add(fd, kind, what)
-    elif isinstance(ref, NetNamespace):
-        if kind is not NsKind.NET:
-            raise NotANamespace(f"{ref} is a network namespace reference, not a {kind} one")
-        h = open_namespace(ref)
-        plan.add(plan.own(h.detach()), kind, str(ref))
+    elif kind is NsKind.NET:
+        res = resolve(ref, tracker=tracker, run_dir=run_dir)
+        plan.resolved.append(res)
+        sys_.check_kind(res.fd, kind.flag, res.what)  # a handle of another kind
+        plan.add(res.fd, kind, res.what)
+    elif isinstance(ref, NsHandle):
+        fd = ref.fileno()
+        sys_.check_kind(fd, kind.flag, ref.what)
+        plan.add(fd, kind, ref.what)
     elif isinstance(ref, int):
-        if ref < 0:
-            raise OSError(9, f"Bad file descriptor: fd {ref}")
+        check_fd(ref)
         sys_.check_kind(ref, kind.flag, f"fd {ref}")
         plan.add(ref, kind, f"fd {ref}")
-    elif isinstance(ref, str | os.PathLike):
-        what = f"path:{os.fspath(ref)}"
-        fd, _ = sys_.open_kind(sys_.encode_path(ref, what), kind.flag, what)
+    elif isinstance(ref, str | os.PathLike | NetNamespace):
+        file, what = _kind_path(kind, ref)
+        fd, _ = sys_.open_kind(sys_.encode_path(file, what), kind.flag, what)
         plan.add(plan.own(fd), kind, what)
     else:
         raise InvalidReference(
@@ -226,8 +237,27 @@ def _resolve_one(kind: NsKind, ref: NsRef, plan: _Plan) -> None:
         )
 
 
+def _kind_path(kind: NsKind, ref: str | os.PathLike[str] | NetNamespace) -> tuple[str, str]:
+    """The file of a non-network *kind* that *ref* names, and how to call it."""
+    if isinstance(ref, os.PathLike):
+        path = os.fsdecode(os.fspath(ref))
+        return path, f"path:{path}"
+    parsed = parse(ref) if isinstance(ref, str) else ref
+    if parsed.type is ReferenceType.FD:
+        return parsed.reference, f"path:{parsed.reference}"
+    raise NotANamespace(
+        f"{parsed} is a network namespace reference, not a {kind} one "
+        "(a process's other namespaces: Target(pid, kinds=...))"
+    )
+
+
 def _plan(
-    namespaces: Namespaces, root: _DirSpec, cwd: _DirSpec, preserve_credentials: bool
+    namespaces: Namespaces,
+    root: _DirSpec,
+    cwd: _DirSpec,
+    preserve_credentials: bool,
+    tracker: Tracker | None = None,
+    run_dir: str | None = None,
 ) -> _Plan:
     plan = _Plan()
     try:
@@ -242,7 +272,7 @@ def _plan(
                 if kind in seen:
                     raise InvalidReference(f"the {kind} namespace is given twice")
                 seen.add(kind)
-                _resolve_one(kind, ref, plan)
+                _resolve_one(kind, ref, plan, tracker, run_dir)
         else:
             raise InvalidReference(
                 "expected a Target or a mapping of NsKind to namespace references, "
@@ -431,6 +461,8 @@ def popen(
     root: _DirSpec = None,
     cwd: _DirSpec = None,
     preserve_credentials: bool = False,
+    tracker: Tracker | None = None,
+    run_dir: str | None = None,
     **popen_kwargs: Any,
 ) -> NsPopen:
     """Start *argv* inside *namespaces*; return its :class:`NsPopen`.
@@ -451,6 +483,8 @@ def popen(
         it had, as ``nsenter`` does.
     :param preserve_credentials: with a user namespace, keep uid, gid and
         groups instead of becoming root in it.
+    :param tracker: resolves an ``ms:LABEL`` NET entry.
+    :param run_dir: where a named NET entry lives (default ``/run/netns``).
     :param popen_kwargs: :class:`subprocess.Popen` keywords (``stdin``,
         ``stdout``, ``env``, ``pass_fds``, ``text``, ...).
 
@@ -469,7 +503,7 @@ def popen(
     if popen_kwargs.get("preexec_fn") is not None:
         raise TypeError("nslib.spawn runs no Python in the child: preexec_fn is not supported")
     path_cwd = None if cwd is True or cwd is False else cwd
-    plan = _plan(namespaces, root, cwd, preserve_credentials)
+    plan = _plan(namespaces, root, cwd, preserve_credentials, tracker, run_dir)
     try:
         return NsPopen(plan, argv, cwd=path_cwd, **popen_kwargs)
     finally:
@@ -483,6 +517,8 @@ def run(
     root: _DirSpec = None,
     cwd: _DirSpec = None,
     preserve_credentials: bool = False,
+    tracker: Tracker | None = None,
+    run_dir: str | None = None,
     input: str | bytes | None = None,
     capture_output: bool = False,
     timeout: float | None = None,
@@ -509,6 +545,8 @@ def run(
         root=root,
         cwd=cwd,
         preserve_credentials=preserve_credentials,
+        tracker=tracker,
+        run_dir=run_dir,
         **popen_kwargs,
     ) as proc:
         try:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import missing, thread_ns
+from helpers import missing, thread_ns, unmount_tree
 
 import nslib
 from nslib.errors import (
@@ -507,3 +507,40 @@ def test_nslib_popen_and_run_take_a_target_or_a_mapping(target: int, fd_baseline
     with nslib.NsHandle.new() as net:
         plain = nslib.run(net, ["readlink", "/proc/self/ns/net"], capture_output=True, text=True)
         assert plain.stdout.strip() == f"net:[{net.ns_id[1]}]"
+
+
+def test_a_net_entry_follows_the_one_reference_rule(
+    run_dir: str, unique: str, tmp_path: Path, fd_baseline: object
+) -> None:
+    # A bare word is a named namespace here too, as in entered() and popen(ref):
+    # the mapping's NET entry goes through the same resolver.  The current
+    # directory holds another namespace under the same name, which a bare
+    # word read as a relative path would join instead.
+    from nslib import named
+
+    decoy_dir = str(tmp_path / "decoy")
+    with named.create(unique, run_dir=run_dir) as h:
+        want = f"net:[{os.fstat(h.fileno()).st_ino}]"
+    named.create(unique, run_dir=decoy_dir).close()
+    cwd = os.getcwd()
+    try:
+        os.chdir(decoy_dir)
+        try:
+            r = run(
+                {NsKind.NET: unique},
+                ["readlink", "/proc/self/ns/net"],
+                run_dir=run_dir,
+                capture_output=True,
+                text=True,
+            )
+        finally:
+            os.chdir(cwd)
+        assert r.stdout.strip() == want
+        with pytest.raises(nslib.NamespaceNotFound, match="no named namespace"):
+            popen({NsKind.NET: f"{unique}-nope"}, ["true"], run_dir=run_dir)
+        with pytest.raises(NotANamespace, match="network namespace reference"):
+            popen({NsKind.UTS: unique}, ["true"])
+    finally:
+        named.delete(unique, run_dir=run_dir)
+        named.delete(unique, run_dir=decoy_dir)
+        unmount_tree(decoy_dir)  # the run directory's own self-bind mount
