@@ -164,11 +164,6 @@ class RunDirError(OSError, NslibError):
     """
 
 
-def _settle(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 class _Dir:
     """One watched run directory and what the monitor knows of its names."""
 
@@ -373,22 +368,25 @@ class NamespaceMonitor:
                     return self._queue.popleft()
                 if self._closed:
                     raise StopAsyncIteration
-                assert self._ep is not None
-                self._busy += 1
-                epfd = self._ep.fileno()
-            try:
-                ready: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(epfd, _settle, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_reader(epfd)
-                events = self._pump(0)
-            finally:
-                self._leave()
-            with self._lock:
-                if not self._closed:
-                    self._queue.extend(events)
+            # A worker thread waits in epoll_wait itself.  Nesting the epoll fd
+            # in the event loop's would lose mount changes: the outer poll's
+            # readiness check polls mountinfo, which consumes its one-shot
+            # POLLPRI before the inner epoll_wait could report it.
+            await loop.run_in_executor(None, self._pump_into_queue)
+
+    def _pump_into_queue(self) -> None:
+        # Queued, not returned: an await cancelled meanwhile loses nothing.
+        with self._lock:
+            if self._closed:
+                return
+            self._busy += 1
+        try:
+            events = self._pump(None)
+        finally:
+            self._leave()
+        with self._lock:
+            if not self._closed:
+                self._queue.extend(events)
 
     def subscribe(self, callback: Callable[[NamespaceEvent], object]) -> Callable[[], None]:
         """Call *callback(event)* for every event, on the monitor's dispatcher thread.
