@@ -395,10 +395,10 @@ def proc_alive(pid: int) -> bool:
     firecracker test VM), so zombies must count as dead.
     """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_bytes()  # the name may be any bytes
     except OSError:
         return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    return stat.rpartition(b")")[2].split()[0] != b"Z"
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -133,7 +134,8 @@ def test_ls_kind_one_and_table_escapes(target: int) -> None:
     assert {e["type"] for e in only} == {"uts"}
     # A command line with an escape sequence is shown escaped, never raw.
     proc = subprocess.Popen(
-        ["unshare", "-u", "--kill-child", "sh", "-c", "sleep 600; :", "\x1b[2J"]
+        ["unshare", "-u", "--kill-child", "sh", "-c", "sleep 600; :", "\x1b[2J"],
+        start_new_session=True,  # sh forks sleep: the group is killed, not just unshare
     )
     try:
         table = nslib_cmd("ls", "--kind", "uts")
@@ -141,7 +143,7 @@ def test_ls_kind_one_and_table_escapes(target: int) -> None:
         assert "\x1b" not in table.stdout
         assert table.stdout.splitlines()[0].split()[:3] == ["NS", "TYPE", "NPROCS"]
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     default = json.loads(nslib_cmd("ls", "--json", "--no-docker").stdout)
     assert "run_dir" in default  # plain `nslib ls` is still the network inventory

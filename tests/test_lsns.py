@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -53,7 +54,7 @@ def unshared(*flags: str) -> Iterator[int]:
         assert proc.stdout is not None
         with proc.stdout:
             assert proc.stdout.readline() == b"ok\n"
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_bytes().split()
         yield int(children[0])
     finally:
         proc.kill()
@@ -163,7 +164,7 @@ def test_a_mount_in_another_mount_namespace_is_seen(fd_baseline: object) -> None
         assert proc.stdout is not None
         with proc.stdout:
             assert proc.stdout.readline() == b"ok\n"
-        (child,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        (child,) = map(int, Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_bytes().split())
         ino = os.stat(f"/proc/{child}/root/tmp/nslib-lsns-uts").st_ino
         entry = namespaces(["uts"]).get(NsKind.UTS, ino)
         assert entry is not None and entry.nprocs == 0
@@ -181,7 +182,8 @@ def test_json_is_exact_and_lsns_shaped(fd_baseline: object) -> None:
     # A command line with a newline and an undecodable byte stays exact in JSON.
     odd = b"name\n\xff"
     proc = subprocess.Popen(
-        [b"unshare", b"-u", b"--kill-child", b"sh", b"-c", b"sleep 600; :", odd]
+        [b"unshare", b"-u", b"--kill-child", b"sh", b"-c", b"sleep 600; :", odd],
+        start_new_session=True,  # sh forks sleep: the group is killed, not just unshare
     )
     try:
         # unshare itself runs in the new UTS namespace: the lowest PID in it.
@@ -198,7 +200,7 @@ def test_json_is_exact_and_lsns_shaped(fd_baseline: object) -> None:
         assert entry["pid"] == proc.pid
         assert os.fsencode(entry["command"]) == b"unshare -u --kill-child sh -c sleep 600; : " + odd
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 

@@ -240,7 +240,7 @@ def children() -> set[int]:
     found: set[int] = set()
     for tid in os.listdir("/proc/self/task"):
         with contextlib.suppress(OSError):
-            found |= {int(p) for p in Path(f"/proc/self/task/{tid}/children").read_text().split()}
+            found |= {int(p) for p in Path(f"/proc/self/task/{tid}/children").read_bytes().split()}
     return found
 
 
