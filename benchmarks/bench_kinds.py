@@ -61,7 +61,11 @@ def _target() -> tuple[subprocess.Popen[bytes], int]:
     with proc.stdout:
         if proc.stdout.readline() != b"ok\n":
             raise RuntimeError("the unshare target did not start")
-    (child,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    (child,) = (
+        Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        .read_text(errors="surrogateescape")
+        .split()
+    )
     return proc, int(child)
 
 

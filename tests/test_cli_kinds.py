@@ -50,7 +50,11 @@ def unshared(*flags: str) -> Iterator[int]:
         assert proc.stdout is not None
         with proc.stdout:
             assert proc.stdout.readline() == b"ok\n"
-        (child,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        (child,) = (
+            Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            .read_text(errors="surrogateescape")
+            .split()
+        )
         yield int(child)
     finally:
         proc.kill()

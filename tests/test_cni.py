@@ -354,7 +354,7 @@ def _ping(src: nslib.NsHandle | None, ip: str) -> bool:
 
 def _dead(pid: int) -> bool:
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(f"/proc/{pid}/stat").read_text(errors="surrogateescape")
     except FileNotFoundError:
         return True
     return text.rpartition(")")[2].split()[0] in ("Z", "X")
@@ -402,7 +402,12 @@ def test_bridge_host_local_two_namespaces(env: Env) -> None:
 @pytest.mark.root
 def test_firewall_chained_lets_namespaces_talk(env: Env) -> None:
     _need_plugins("firewall")
-    if Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text().strip() != "1":
+    if (
+        Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .read_text(errors="surrogateescape")
+        .strip()
+        != "1"
+    ):
         missing("needs br_netfilter (docker's FORWARD DROP applying to bridged traffic)")
     policy = subprocess.run(
         ["iptables", "-S", "FORWARD"], capture_output=True, text=True, check=True

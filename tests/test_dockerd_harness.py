@@ -127,7 +127,7 @@ def test_image_runs(pd: PrivateDockerd, client: docker.DockerClient) -> None:
     assert c.name.startswith(f"nslibt-{os.getpid()}-")
     # Own netns, and the container sits below the private daemon's cgroup parent.
     assert _netns(state["Pid"]) != _netns(os.getpid())
-    cgroup = Path(f"/proc/{state['Pid']}/cgroup").read_text()
+    cgroup = Path(f"/proc/{state['Pid']}/cgroup").read_text(errors="surrogateescape")
     assert f"{pd.cgroup_parent}/{c.id}" in cgroup
     assert pd.docker_cli("exec", c.id, "cat", "/proc/1/cmdline").stdout == "/bin/sleep\x003600\x00"
 

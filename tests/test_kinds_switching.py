@@ -504,7 +504,13 @@ def test_entered_target_gone_leaves_nothing(fd_baseline: object) -> None:
         nslib.entered(Target(child.pid, kinds=["uts"])).__enter__()
     zombie = subprocess.Popen(["true"])
     try:
-        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        while (
+            Path(f"/proc/{zombie.pid}/stat")
+            .read_text(errors="surrogateescape")
+            .rsplit(")", 1)[1]
+            .split()[0]
+            != "Z"
+        ):
             threading.Event().wait(0.01)
         with pytest.raises(NamespaceNotFound, match="has exited"):
             nslib.switch_to(Target(zombie.pid, kinds=["uts", "ipc"]))

@@ -65,7 +65,11 @@ def unshared(*flags: str, setup: str = ":") -> Iterator[int]:
         assert proc.stdout is not None
         with proc.stdout:
             assert proc.stdout.readline() == b"ok\n", "the target did not start"
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        children = (
+            Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            .read_text(errors="surrogateescape")
+            .split()
+        )
         yield int(children[0]) if children else proc.pid
     finally:
         proc.kill()
@@ -112,7 +116,9 @@ def own_links() -> dict[str, str]:
 
 def state(pid: int) -> str:
     """The one-letter state of process *pid* (``Z``: a zombie)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return (
+        Path(f"/proc/{pid}/stat").read_text(errors="surrogateescape").rsplit(")", 1)[1].split()[0]
+    )
 
 
 def no_zombies() -> list[str]:
@@ -120,7 +126,9 @@ def no_zombies() -> list[str]:
     found = []
     for tid in os.listdir("/proc/self/task"):
         try:
-            children = Path(f"/proc/self/task/{tid}/children").read_text().split()
+            children = (
+                Path(f"/proc/self/task/{tid}/children").read_text(errors="surrogateescape").split()
+            )
         except FileNotFoundError:
             continue  # a thread that just ended
         for pid in children:
@@ -199,7 +207,7 @@ def test_pid_is_the_program_inside_the_pid_namespace(target: int, fd_baseline: o
         while not os.readlink(f"/proc/{proc.pid}/exe").endswith("sleep"):
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+        status = Path(f"/proc/{proc.pid}/status").read_text(errors="surrogateescape").splitlines()
         nspid = [ln for ln in status if ln.startswith("NSpid:")]
         assert len(nspid[0].split()) == 3  # one PID here, one in the target's namespace
         assert os.readlink(f"/proc/{proc.pid}/ns/pid") == os.readlink(f"/proc/{target}/ns/pid")
