@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -55,6 +56,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeGuard
 
 from . import _syscalls as sys_
+from ._completed import run_with
 from ._resolve import NsRef, Resolved, Tracker, parse, resolve
 from .errors import DockerUnavailableError
 from .reference import NetNamespace, ReferenceType
@@ -325,30 +327,14 @@ def run(
         exited non-zero.
     :raises subprocess.TimeoutExpired: the child outlived *timeout*.
     """
-    if input is not None:
-        if popen_kwargs.get("stdin") is not None:
-            raise ValueError("stdin and input arguments may not both be used.")
-        popen_kwargs["stdin"] = subprocess.PIPE
-    if capture_output:
-        if popen_kwargs.get("stdout") is not None or popen_kwargs.get("stderr") is not None:
-            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
-        popen_kwargs["stdout"] = subprocess.PIPE
-        popen_kwargs["stderr"] = subprocess.PIPE
-    with popen(ref, argv, etc=etc, tracker=tracker, run_dir=run_dir, **popen_kwargs) as proc:
-        try:
-            stdout, stderr = proc.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            proc.kill()
-            exc.stdout, exc.stderr = proc.communicate()
-            raise
-        except BaseException:
-            proc.kill()
-            raise
-        retcode = proc.poll()
-        assert retcode is not None
-    if check and retcode:
-        raise subprocess.CalledProcessError(retcode, proc.args, output=stdout, stderr=stderr)
-    return subprocess.CompletedProcess(proc.args, retcode, stdout, stderr)
+    return run_with(
+        functools.partial(popen, ref, argv, etc=etc, tracker=tracker, run_dir=run_dir),
+        input,
+        capture_output,
+        timeout,
+        check,
+        popen_kwargs,
+    )
 
 
 def execvp(

@@ -54,6 +54,7 @@ that failed is reaped and every fd opened for the call is closed.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -61,6 +62,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _syscalls as sys_
+from ._completed import run_with
 from ._resolve import Resolved, Tracker, parse, resolve
 from .errors import (
     InvalidReference,
@@ -530,36 +532,20 @@ def run(
     :raises subprocess.CalledProcessError: *check* and a non-zero exit.
     :raises subprocess.TimeoutExpired: the child outlived *timeout* (it is killed).
     """
-    if input is not None:
-        if popen_kwargs.get("stdin") is not None:
-            raise ValueError("stdin and input arguments may not both be used.")
-        popen_kwargs["stdin"] = subprocess.PIPE
-    if capture_output:
-        if popen_kwargs.get("stdout") is not None or popen_kwargs.get("stderr") is not None:
-            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
-        popen_kwargs["stdout"] = subprocess.PIPE
-        popen_kwargs["stderr"] = subprocess.PIPE
-    with popen(
-        namespaces,
-        argv,
-        root=root,
-        cwd=cwd,
-        preserve_credentials=preserve_credentials,
-        tracker=tracker,
-        run_dir=run_dir,
-        **popen_kwargs,
-    ) as proc:
-        try:
-            stdout, stderr = proc.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            proc.kill()
-            exc.stdout, exc.stderr = proc.communicate()
-            raise
-        except BaseException:
-            proc.kill()
-            raise
-        retcode = proc.poll()
-        assert retcode is not None
-    if check and retcode:
-        raise subprocess.CalledProcessError(retcode, proc.args, output=stdout, stderr=stderr)
-    return subprocess.CompletedProcess(proc.args, retcode, stdout, stderr)
+    return run_with(
+        functools.partial(
+            popen,
+            namespaces,
+            argv,
+            root=root,
+            cwd=cwd,
+            preserve_credentials=preserve_credentials,
+            tracker=tracker,
+            run_dir=run_dir,
+        ),
+        input,
+        capture_output,
+        timeout,
+        check,
+        popen_kwargs,
+    )
