@@ -295,16 +295,6 @@ def new_netns_into(box: Any) -> None:
         fail(-1, "a new network namespace")
 
 
-def new_netns() -> int:
-    """A new anonymous network namespace, made on a throwaway thread.
-
-    The caller owns the fd once this returns; prefer :func:`new_netns_into`.
-    """
-    box = fd_box()
-    new_netns_into(box)
-    return take(box)
-
-
 def home_fd() -> int:
     """The home namespace fd the C core keeps for the calling thread, -1 if none.
 
