@@ -231,11 +231,12 @@ def _report(problems: list[str], target: Resolved) -> None:
 
 def _abandon(done: Any, box: list[Any]) -> None:
     # Interrupted while the thread works (Ctrl-C): wait for it, then reap any
-    # child it made, so nothing outlives the call unowned.
-    while True:
+    # child it made, so nothing outlives the call unowned.  The thread fills
+    # *box* before it releases *done*, and the interrupt may land just after
+    # our acquire already took that release: so wait on *box*, not the lock.
+    while len(box) < 2:
         try:
-            done.acquire()
-            break
+            done.acquire(timeout=0.05)
         except BaseException:  # a second Ctrl-C must not leak the child
             continue
     if box and isinstance(box[0], subprocess.Popen):

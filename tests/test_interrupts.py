@@ -16,10 +16,12 @@ error, never another traceback, never a leak.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -408,3 +410,62 @@ def test_several_threads_interrupting_nothing_strands(ns: NsHandle, baseline: se
         for t in threads:
             t.join()
     assert bad == []
+
+
+# Run in a child process: the defect this guards against was a hang that
+# swallowed every further interrupt, which no in-process watchdog can break.
+_PROCESS_FLOOD = r"""
+import json, os, random, signal, time
+import nslib
+
+def disarm():
+    while True:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            time.sleep(0)
+            return
+        except KeyboardInterrupt:
+            continue
+
+signal.signal(signal.SIGALRM, signal.default_int_handler)
+rng = random.Random(0x5EED)
+hits = runs = 0
+deadline = time.monotonic() + 15
+with nslib.NsHandle.new() as ns:
+    while hits < 300 and time.monotonic() < deadline:
+        runs += 1
+        try:
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-5, 6e-3))
+            nslib.run(ns, ["/bin/true"], etc=runs % 2 == 0)
+            disarm()
+        except KeyboardInterrupt:
+            hits += 1
+        disarm()
+children = []
+for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+    with open(f"/proc/{os.getpid()}/task/{tid}/children", "rb") as f:
+        children += f.read().split()
+print(json.dumps({"hits": hits, "runs": runs, "children": [c.decode() for c in children]}))
+"""
+
+
+def test_flood_process_run_reaps_and_never_hangs() -> None:
+    """An interrupt that lands as ``nslib.run``'s spawning thread hands over
+    its child (the lock already taken) must not leave the caller waiting for
+    a second hand-over forever: the run is abandoned, the child killed and
+    reaped, and the next interrupt still gets through."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROCESS_FLOOD],
+            capture_output=True,
+            text=True,
+            errors="backslashreplace",
+            timeout=90,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"nslib.run hung under interrupts: {e.stderr!r}")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["hits"] >= 100, result
+    assert result["children"] == [], f"children left behind (not reaped): {result}"
