@@ -9,10 +9,13 @@ so a CI run can never pass by skipping what it was meant to check.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import gc
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -52,6 +55,60 @@ settings.register_profile(
     "expensive", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "default"))
+
+
+#: A test (set-up, call and teardown) that runs longer than this is stuck.
+#: The watchdog then dumps every thread's stack and interrupts the session,
+#: so that a hang fails in minutes, showing where, not at CI's time limit.
+TEST_WATCHDOG_S = float(os.environ.get("NSLIB_TEST_WATCHDOG", "600"))
+
+
+_WATCHDOG_REPORTS: list[str] = []
+
+
+def _stacks() -> str:
+    with tempfile.TemporaryFile() as f:  # faulthandler needs a real fd
+        faulthandler.dump_traceback(f, all_threads=True)
+        f.seek(0)
+        return f.read().decode(errors="backslashreplace")
+
+
+def _bark(config: pytest.Config, nodeid: str, done: threading.Event) -> None:
+    # Test output is captured: the report is printed in the terminal summary.
+    _WATCHDOG_REPORTS.append(f"{nodeid} still running after {TEST_WATCHDOG_S:g} s\n{_stacks()}")
+    # SIGINT, not _thread.interrupt_main(): it also breaks a blocking syscall.
+    # Repeat, in case something swallows one; give up on teardown after 60 s.
+    for _ in range(6):
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        if done.wait(10):
+            return
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        capman.suspend_global_capture(in_=True)
+    reports = "\n".join(_WATCHDOG_REPORTS)
+    sys.stderr.write(f"\nWATCHDOG: {reports}\nthe session does not stop\n")
+    sys.stderr.flush()
+    os._exit(3)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for report in _WATCHDOG_REPORTS:
+        terminalreporter.section("WATCHDOG", sep="!", red=True)
+        terminalreporter.write_line(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    done = threading.Event()
+    timer = threading.Timer(TEST_WATCHDOG_S, _bark, (item.config, item.nodeid, done))
+    timer.name = "test-watchdog"
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        timer.cancel()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

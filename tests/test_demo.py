@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,11 +20,18 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 NSLIB = Path(sys.executable).parent / "nslib"
 
 
-def _demo_leftovers() -> list[str]:
-    """Anything a demo run could leave on the host."""
-    left = [n for n in nslib.named.list() if n.startswith("nsdemo")]
+def _tag(out: str) -> str:
+    """The run's own tag (``nsdemo<pid>``), from the demo's first line."""
+    m = re.search(r"'(nsdemo\d+)-left'", out)
+    assert m, f"no demo tag in the output: {out[:300]!r}"
+    return m.group(1)
+
+
+def _demo_leftovers(tag: str) -> list[str]:
+    """Anything the demo run tagged *tag* could leave on the host."""
+    left = [n for n in nslib.named.list() if n.startswith(f"{tag}-")]
     out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=org.nslib.demo"],
+        ["docker", "ps", "-aq", "--filter", f"label=org.nslib.demo={tag}"],
         capture_output=True,
         text=True,
         check=False,
@@ -64,7 +73,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing() -> None:
     assert "eth1: inet 10.231.2.2/30" in out
     assert "[8/8] nslib ls" in out
     assert "host left as found" in out
-    assert _demo_leftovers() == []
+    assert _demo_leftovers(_tag(out)) == []
     # The docker client is closed after everything that uses it (the
     # container's removal, the tracker's stop); only namespaces go after it.
     teardown = out.split("\nteardown:", 1)[1].splitlines()
@@ -92,7 +101,7 @@ def test_demo_without_docker_still_builds_the_namespace_part() -> None:
     assert "skipped, docker is not available" in out
     assert out.count(" 0% packet loss") == 1
     assert "host left as found" in out
-    assert _demo_leftovers() == []
+    assert _demo_leftovers(_tag(out)) == []
 
 
 def test_demo_interrupted_tears_down() -> None:
@@ -106,17 +115,23 @@ def test_demo_interrupted_tears_down() -> None:
         env=env,
     )
     assert proc.stdout is not None
+    # A demo stuck in its teardown must fail this test, not hang the suite.
+    killer = threading.Timer(120, proc.kill)
+    killer.start()
     seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("[3/"):  # namespaces and the veth pair exist now
-            proc.send_signal(signal.SIGTERM)
-            break
-    rest = proc.stdout.read()
-    proc.stdout.close()
-    code = proc.wait(timeout=60)
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("[3/"):  # namespaces and the veth pair exist now
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest = proc.stdout.read()
+        proc.stdout.close()
+        code = proc.wait(timeout=60)
+    finally:
+        killer.cancel()
     out = "".join(seen) + rest
     assert code == 130, out
     assert "interrupted: tearing down" in out
     assert "host left as found" in out
-    assert _demo_leftovers() == []
+    assert _demo_leftovers(_tag(out)) == []
