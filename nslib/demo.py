@@ -38,6 +38,17 @@ IMAGE = "nslib-busybox:test"
 NET = "10.231"
 
 
+#: Set by the SIGTERM handler.  The KeyboardInterrupt it raises can be lost:
+#: CPython swallows an exception raised inside a ``__del__`` or a weakref
+#: callback.  Every step checks this, so a lost one still stops the demo.
+_terminated = False
+
+
+def _check_terminated() -> None:
+    if _terminated:
+        raise KeyboardInterrupt
+
+
 class _Steps:
     """Numbered progress lines with timings."""
 
@@ -47,6 +58,7 @@ class _Steps:
 
     @contextlib.contextmanager
     def step(self, text: str) -> Iterator[None]:
+        _check_terminated()
         self.n += 1
         print(f"[{self.n}/{self.total}] {text} ...", end=" ", flush=True)
         t0 = time.perf_counter()
@@ -56,6 +68,7 @@ class _Steps:
             print("FAILED", flush=True)
             raise
         print(f"ok ({(time.perf_counter() - t0) * 1e3:.1f} ms)", flush=True)
+        _check_terminated()
 
     @staticmethod
     def detail(text: str) -> None:
@@ -81,6 +94,8 @@ def _ping(ref: NetNamespace, address: str) -> str:
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    global _terminated
+    _terminated = True
     raise KeyboardInterrupt
 
 
@@ -134,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"nslib demo: a small topology in namespaces {left!r} and {right!r}\n")
     try:
         _run(steps, args, tag, left, right, cleanup)
+        _check_terminated()
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted: tearing down", flush=True)
@@ -262,6 +278,7 @@ def _microservice(
 def _teardown(cleanup: list[tuple[str, Callable[[], object]]], before: Any, tag: str) -> None:
     # SIGINT/SIGTERM during teardown must not leave half the topology behind.
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         print("\nteardown:", flush=True)
         for what, undo in reversed(cleanup):
@@ -280,3 +297,4 @@ def _teardown(cleanup: list[tuple[str, Callable[[], object]]], before: Any, tag:
             )
     finally:
         signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)

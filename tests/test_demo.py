@@ -28,16 +28,21 @@ def _tag(out: str) -> str:
 
 
 def _demo_leftovers(tag: str) -> list[str]:
-    """Anything the demo run tagged *tag* could leave on the host."""
-    left = [n for n in nslib.named.list() if n.startswith(f"{tag}-")]
+    """Anything the demo run tagged *tag* left on the host; removed here, so
+    that a failing run does not leave it behind."""
+    names = [n for n in nslib.named.list() if n.startswith(f"{tag}-")]
+    for name in names:
+        nslib.named.delete(name)
     out = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=org.nslib.demo={tag}"],
         capture_output=True,
         text=True,
         check=False,
     )
-    left += [f"container {c}" for c in out.stdout.split()]
-    return left
+    containers = out.stdout.split()
+    if containers:
+        subprocess.run(["docker", "rm", "-f", *containers], capture_output=True, check=False)
+    return names + [f"container {c}" for c in containers]
 
 
 def _system_docker() -> None:
@@ -66,6 +71,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing() -> None:
         check=False,
     )
     out = proc.stdout
+    left = _demo_leftovers(_tag(out))
     assert proc.returncode == 0, out + proc.stderr
     # Both pings (through the route, and into the container) went through.
     assert out.count(" 0% packet loss") == 2, out
@@ -73,7 +79,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing() -> None:
     assert "eth1: inet 10.231.2.2/30" in out
     assert "[8/8] nslib ls" in out
     assert "host left as found" in out
-    assert _demo_leftovers(_tag(out)) == []
+    assert left == []
     # The docker client is closed after everything that uses it (the
     # container's removal, the tracker's stop); only namespaces go after it.
     teardown = out.split("\nteardown:", 1)[1].splitlines()
@@ -97,11 +103,12 @@ def test_demo_without_docker_still_builds_the_namespace_part() -> None:
         check=False,
     )
     out = proc.stdout
+    left = _demo_leftovers(_tag(out))
     assert proc.returncode == 0, out + proc.stderr
     assert "skipped, docker is not available" in out
     assert out.count(" 0% packet loss") == 1
     assert "host left as found" in out
-    assert _demo_leftovers(_tag(out)) == []
+    assert left == []
 
 
 def test_demo_interrupted_tears_down() -> None:
@@ -125,13 +132,21 @@ def test_demo_interrupted_tears_down() -> None:
             if line.startswith("[3/"):  # namespaces and the veth pair exist now
                 proc.send_signal(signal.SIGTERM)
                 break
-        rest = proc.stdout.read()
+        rest = ""
+        for line in proc.stdout:
+            rest += line
+            if line.startswith("teardown:"):
+                # Impatient signals during the teardown must not cut it short.
+                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGINT)
+        rest += proc.stdout.read()
         proc.stdout.close()
         code = proc.wait(timeout=60)
     finally:
         killer.cancel()
     out = "".join(seen) + rest
+    left = _demo_leftovers(_tag(out))
     assert code == 130, out
     assert "interrupted: tearing down" in out
     assert "host left as found" in out
-    assert _demo_leftovers(_tag(out)) == []
+    assert left == []
