@@ -625,6 +625,36 @@ def test_existing_named_namespace_never_waits_for_a_poll(plugin, run_dir, unique
     nslib.named.delete(unique, run_dir=run_dir)
 
 
+def test_a_pending_worker_is_woken_by_the_mount_itself(
+    plugin, run_dir, unique, monkeypatch: pytest.MonkeyPatch, fd_baseline
+) -> None:
+    """The worker waiting for a named namespace applies on the mount, with no hand-off.
+
+    The configurator's watcher thread is made blind (its check does nothing), so only
+    the worker's own wait on the mount table can apply the item.  An unrelated mount
+    while only the bare placeholder exists wakes the worker too, and must not apply it.
+    """
+    with Configurator(plugin, poll_interval=3600) as conf:
+        monkeypatch.setattr(conf, "_check", lambda refs: None)
+        veth = conf.add_veth("nlt-dw0", "nlt-dw0p", ns=NetNamespace.named(unique))
+        assert veth.status is PENDING, veth
+        nslib.named.create(unique + "o", run_dir=run_dir).close()  # makes run_dir
+        placeholder = os.path.join(run_dir, unique)
+        Path(placeholder).touch()
+        nslib.named.delete(unique + "o", run_dir=run_dir)  # some other mount change
+        with pytest.raises(TimeoutError):
+            veth.wait(APPLIED, timeout=0.3)  # a placeholder is not a namespace
+        os.unlink(placeholder)
+        with nslib.named.create(unique, run_dir=run_dir) as blue:
+            veth.wait(APPLIED, timeout=10)
+            assert nl.get_link("nlt-dw0", ns=blue)
+        deadline = time.monotonic() + 10  # applied: the worker's own wait is closed again
+        while any(w.direct is not None for w in list(conf._workers.values())):
+            assert time.monotonic() < deadline, "the worker still waits on the mount table"
+            time.sleep(0.01)
+    nslib.named.delete(unique, run_dir=run_dir)
+
+
 def test_worker_keeps_its_sessions_between_passes(
     plugin, run_dir, unique, monkeypatch: pytest.MonkeyPatch, fd_baseline
 ) -> None:

@@ -547,6 +547,7 @@ class Configurator:
             if now == seen:
                 continue
             with self._lock:
-                if ref in self._seen:
+                # A worker waiting on the mount table itself may have seen it first.
+                if ref in self._seen and self._seen[ref] != now:
                     self._seen[ref] = now
                     self._trigger_users(ref, False)
