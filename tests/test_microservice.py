@@ -949,3 +949,83 @@ def test_unsubscribe_waits_for_a_running_callback(
     box["unsub"] = t.subscribe(self_unsub)
     run(docker_client, f"{unique}-3")
     wait_until(lambda: box.get("done"), 10, "the callback to unsubscribe itself")
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_slow_inspect_delays_no_other_container(
+    dockerd: Any, docker_client: Any, unique: str
+) -> None:
+    """While the daemon's answer about one container is held, another container's
+    start is still seen; the held one follows once its answer comes."""
+    client = dockerd.client()
+    gated = GatedApi(client, f"{unique}-slow")
+    t = MicroserviceTracker(gated)
+    try:
+        t.start()
+        assert t.wait_in_sync(15), t.health()
+        slow = run(docker_client, f"{unique}-slow")
+        assert gated.held.wait(10)
+        fast = run(docker_client, f"{unique}-fast")
+        # The gate holds the slow inspect for 10 s: a single, serial worker
+        # would see the fast container only after that.
+        assert t.wait_for(f"{unique}-fast", 5).container_id == fast.id
+        assert t.get(f"{unique}-slow") is None  # its answer is still held
+        gated.gate.set()
+        assert t.wait_for(f"{unique}-slow", 10).container_id == slow.id
+    finally:
+        gated.gate.set()
+        t.stop()
+        client.close()
+
+
+class CountingApi:
+    """A real docker client that records which containers were inspected."""
+
+    def __init__(self, client: Any) -> None:
+        self._api = client.api
+        self.inspected: list[str] = []
+
+    @property
+    def api(self) -> CountingApi:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def inspect_container(self, cid: str) -> Any:
+        self.inspected.append(cid)
+        return self._api.inspect_container(cid)
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_no_inspect_for_the_end_of_an_unheld_container(
+    dockerd: Any, docker_client: Any, unique: str
+) -> None:
+    """The die of a container the map does not hold, and any container's destroy,
+    change nothing a daemon's answer could tell: they are not inspected.  A held
+    container's removal still takes it out of the map."""
+    client = dockerd.client()
+    counting = CountingApi(client)
+    t = MicroserviceTracker(counting, watch_processes=False)
+    try:
+        t.start()
+        assert t.wait_in_sync(15), t.health()
+        before = t.health().events_received
+        plain = run(docker_client, None)  # no label: never in the map
+        held = run(docker_client, unique)
+        assert t.wait_for(unique, 10).container_id == held.id
+        docker_client.api.remove_container(plain.id, force=True)  # die, destroy
+        wait_until(lambda: t.health().events_received >= before + 4, 10, "die and destroy")
+        wait_until(lambda: not t._items and not t._running, 10, "the workers idle")
+        assert counting.inspected.count(plain.id) == 1  # its start only
+        seen: list[MicroserviceEvent] = []
+        t.subscribe(seen.append)
+        docker_client.api.remove_container(held.id, force=True)
+        wait_until(lambda: t.get(unique) is None, 10, "the held container gone")
+        wait_until(lambda: seen, 10, "its STOPPED")
+        assert [ev.kind for ev in seen] == [EventKind.STOPPED]
+    finally:
+        t.stop()
+        client.close()

@@ -17,14 +17,18 @@ How it stays right (each point answers a measured behaviour of dockerd):
 
 * **Threads.**  A *reader* thread only iterates the event stream and queues
   what it reads (a daemon slows down for, then drops, a slow reader).  A
-  *worker* thread inspects containers and updates the state.  A *dispatcher*
+  few *worker* threads inspect containers and update the state, one
+  container per worker at a time and each container's events in order, so
+  a slow answer about one container delays no other; an event that only
+  ends a run of a container the map does not hold, or says it was removed,
+  needs no inspect at all.  A *dispatcher*
   thread runs the callbacks, so a slow or failing callback delays only other
   callbacks, never the state.
 * **Subscribe, then sync.**  Every (re)connection subscribes with ``since``
   set a margin before the newest event seen, then queues a resync marker:
-  the worker lists and inspects the running containers and replaces its
-  state with that truth; events that arrive meanwhile wait in the queue and
-  are applied after it, in order.
+  the workers finish what they were doing, one of them lists and inspects
+  the running containers and replaces the state with that truth; events
+  that arrive meanwhile wait in the queue and are applied after it.
 * **State, not events.**  Every event (docker's ``start``, ``die``, ``destroy``)
   triggers an ``inspect`` of its container, and the answer is the truth:
   late, duplicated (dropped by ``(timeNano, id, action)``) and reordered
@@ -54,7 +58,7 @@ import re
 import select
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -100,6 +104,10 @@ _BACKOFF_MAX = 2.0
 _HEALTHY_STREAM = 5.0  # a stream that lived this long resets the backoff
 _JOIN_TIMEOUT = 2.0
 _DEDUPE_SIZE = 4096
+# Workers inspecting containers: one container's inspect waits for none of
+# the others' (a runtime can take long to answer about a container it is
+# stopping or removing).
+_WORKERS = 4
 
 
 def _stat_id(path: str) -> tuple[int, int] | None:
@@ -444,6 +452,14 @@ class _Resync:
     generation: int
 
 
+@dataclass(slots=True)
+class _Key:
+    """A worker's job: the items of one container, in order."""
+
+    container_id: str
+    items: list[object]
+
+
 @dataclass(frozen=True, slots=True)
 class _Exited:
     """The process of a tracked run ended (its pidfd became readable)."""
@@ -468,6 +484,7 @@ class _ExitWatcher:
         self._lock = threading.Lock()
         self._by_key: dict[tuple[str, int], int] = {}  # (cid, pid) -> pidfd
         self._by_fd: dict[int, tuple[str, int]] = {}
+        self._pid_of: dict[str, int] = {}  # cid -> its watched pid (one run each)
         self._closed = False
         self.thread = threading.Thread(target=self._main, name="nslib-ms-pidfd", daemon=True)
 
@@ -481,32 +498,58 @@ class _ExitWatcher:
             for key in [k for k in self._by_key if k not in want]:
                 self._drop(key)
             for key in want - self._by_key.keys():
-                try:
-                    fd = sys_.pidfd_open(key[1])
-                except NamespaceNotFound:
-                    gone.append(key)
-                    continue
-                except OSError:
-                    continue  # no pidfds here: the daemon's events still tell
-                # The PID may have been reused between the runtime's answer and
-                # pidfd_open: the process must be the container's.
-                try:
-                    with open(f"/proc/{key[1]}/cgroup", "rb") as f:
-                        mine = _names_container(f.read().decode(errors="replace"), key[0])
-                except OSError:
-                    mine = False
-                if not mine:
-                    os.close(fd)
-                    gone.append(key)
-                    continue
-                self._by_key[key] = fd
-                self._by_fd[fd] = key
-                self._ep.register(fd, select.EPOLLIN)
+                self._add(key, gone)
         return gone
+
+    def update(self, runs: Mapping[str, int | None]) -> list[tuple[str, int]]:
+        """For each container in *runs*, watch exactly its run with that pid (None: none).
+
+        The others stay as they are; returns the runs already gone.
+        """
+        gone: list[tuple[str, int]] = []
+        with self._lock:
+            if self._closed:
+                return []
+            for cid, pid in runs.items():
+                old = self._pid_of.get(cid)
+                if old is not None and old != pid:
+                    self._drop((cid, old))
+                if pid is not None and old != pid:
+                    self._add((cid, pid), gone)
+        return gone
+
+    def _add(self, key: tuple[str, int], gone: list[tuple[str, int]]) -> None:
+        try:
+            fd = sys_.pidfd_open(key[1])
+        except NamespaceNotFound:
+            gone.append(key)
+            return
+        except OSError:
+            return  # no pidfds here: the daemon's events still tell
+        # The PID may have been reused between the runtime's answer and
+        # pidfd_open: the process must be the container's.
+        try:
+            with open(f"/proc/{key[1]}/cgroup", "rb") as f:
+                mine = _names_container(f.read().decode(errors="replace"), key[0])
+        except OSError:
+            mine = False
+        if not mine:
+            os.close(fd)
+            gone.append(key)
+            return
+        old = self._pid_of.get(key[0])
+        if old is not None:  # one run per container: a newer one replaces it
+            self._drop((key[0], old))
+        self._by_key[key] = fd
+        self._by_fd[fd] = key
+        self._pid_of[key[0]] = key[1]
+        self._ep.register(fd, select.EPOLLIN)
 
     def _drop(self, key: tuple[str, int]) -> None:
         fd = self._by_key.pop(key)
         del self._by_fd[fd]
+        if self._pid_of.get(key[0]) == key[1]:
+            del self._pid_of[key[0]]
         with contextlib.suppress(OSError):
             self._ep.unregister(fd)
         os.close(fd)
@@ -666,7 +709,15 @@ class MicroserviceTracker:
         self._synced_once = False
         self._generation = 0
 
-        self._events_q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # Work for the workers, and which container each of them works on.
+        self._work = threading.Condition(threading.Lock())
+        self._items: deque[object] = deque()
+        self._busy: dict[str, list[object]] = {}  # cid -> its items waiting for its job
+        self._running = 0  # jobs in progress
+        self._barrier = False  # a resync runs, or waits for the jobs to end
+        self._resync_due: float | None = None  # monotonic time of a retry or periodic resync
+        self._retry = _BACKOFF_MIN
+        self._seen: OrderedDict[tuple[object, object, object], None] = OrderedDict()
         self._dispatch_q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._started = False
@@ -698,11 +749,14 @@ class MicroserviceTracker:
         )
         self._threads = [
             self._dispatcher,
-            threading.Thread(target=self._worker_main, name="nslib-ms-worker", daemon=True),
+            *(
+                threading.Thread(target=self._worker_main, name="nslib-ms-worker", daemon=True)
+                for _ in range(_WORKERS)
+            ),
             threading.Thread(target=self._reader_main, name="nslib-ms-reader", daemon=True),
         ]
         if self._watch_processes:
-            self._watcher = _ExitWatcher(self._events_q.put)
+            self._watcher = _ExitWatcher(self._post)
             self._watcher.start()
         for t in self._threads:
             t.start()
@@ -726,7 +780,8 @@ class MicroserviceTracker:
         for w in waiters:
             self._resolve_async(w, None)
         self._close_stream()
-        self._events_q.put(_STOP)
+        with self._work:
+            self._work.notify_all()
         self._dispatch_q.put(_STOP)
         gate = self._reconnect_gate
         if gate is not None:
@@ -977,7 +1032,7 @@ class MicroserviceTracker:
                 self._note_error(f"{what} event stream ended (daemon restarted or connection lost)")
                 if time.monotonic() - opened_at >= _HEALTHY_STREAM:
                     backoff = _BACKOFF_MIN
-            self._events_q.put(_DISCONNECTED)
+            self._post(_DISCONNECTED)
             if self._stopping.wait(backoff):
                 break
             backoff = min(backoff * 2, _BACKOFF_MAX)
@@ -1010,11 +1065,11 @@ class MicroserviceTracker:
                 c.reconnects += 1
             self._generation += 1
             self._connected = True
-            self._events_q.put(_Resync(self._generation))
+            self._post(_Resync(self._generation))
         return stream
 
     def _read(self, stream: EventStream) -> None:
-        put = self._events_q.put
+        put = self._post
         counters = self._counters
         try:
             for ev in stream:
@@ -1057,59 +1112,125 @@ class MicroserviceTracker:
 
     # -- internals: worker ------------------------------------------------------
 
+    def _post(self, item: object) -> None:
+        """Queue *item* for the workers (never blocks for long: the reader calls it)."""
+        with self._work:
+            self._items.append(item)
+            self._work.notify()
+
     def _worker_main(self) -> None:
-        seen: OrderedDict[tuple[object, object, object], None] = OrderedDict()
-        resync_due: float | None = None  # monotonic time of a retry or periodic resync
-        carry: object = None
-        retry = _BACKOFF_MIN
         while True:
-            if carry is not None:
-                item, carry = carry, None
-            elif resync_due is not None and time.monotonic() >= resync_due:
-                item = None  # due now, even if events keep coming
-            else:
-                timeout = None if resync_due is None else max(0.0, resync_due - time.monotonic())
-                try:
-                    item = self._events_q.get(timeout=timeout)
-                except queue.Empty:
-                    item = None
-            if item is _STOP or self._stopping.is_set():
+            job = self._take()
+            if job is None:
                 return
-            if item is None:  # a resync is due
-                with self._lock:
-                    generation = self._generation if self._connected else None
-                if generation is None:
-                    resync_due = None  # the next connection resyncs anyway
-                elif self._resync(generation):
-                    retry = _BACKOFF_MIN
-                    resync_due = self._next_periodic()
+            if isinstance(job, _Key):
+                self._run_key(job)
+            else:
+                self._run_resync(job)
+
+    def _take(self) -> _Key | _Resync | None:
+        """The next piece of work for this worker (None: the tracker stops).
+
+        Work on one container is one job at a time, in the order its items
+        came: what arrives meanwhile waits with that job, which takes it
+        next.  A resync is a barrier: it waits until no job runs, and no job
+        starts until it ends, so events queued after it are applied after it.
+        """
+        w = self._work
+        with w:
+            while True:
+                if self._stopping.is_set():
+                    return None
+                if self._barrier:  # a resync runs, or waits for the jobs to end
+                    w.wait()
+                    continue
+                due = self._resync_due
+                item: object
+                if due is not None and time.monotonic() >= due:
+                    item = None  # due now, even if events keep coming
+                elif self._items:
+                    item = self._items.popleft()
                 else:
-                    resync_due = time.monotonic() + retry
-                    retry = min(retry * 2, _BACKOFF_MAX)
-            elif isinstance(item, _Resync):
-                if self._resync(item.generation):
-                    retry = _BACKOFF_MIN
-                    resync_due = self._next_periodic()
+                    w.wait(None if due is None else max(0.0, due - time.monotonic()))
+                    continue
+                if item is None or isinstance(item, _Resync):
+                    if item is None:
+                        self._resync_due = None
+                        # Read without self._lock, which is taken before
+                        # self._work elsewhere (a reconnection posts its
+                        # own resync anyway).
+                        if not self._connected:
+                            continue  # the next connection resyncs anyway
+                        item = _Resync(self._generation)
+                    assert isinstance(item, _Resync)
+                    self._barrier = True
+                    while self._running and not self._stopping.is_set():
+                        w.wait()
+                    return item
+                if item is _DISCONNECTED:
+                    self._resync_due = None
+                    continue
+                if isinstance(item, SourceEvent):
+                    key = (item.time_ns, item.container_id, item.action)
+                    seen = self._seen
+                    if key in seen:
+                        self._counters.duplicates += 1
+                        continue
+                    seen[key] = None
+                    if len(seen) > _DEDUPE_SIZE:
+                        seen.popitem(last=False)
+                    cid = item.container_id
+                elif isinstance(item, _Exited):
+                    cid = item.container_id
                 else:
-                    resync_due = time.monotonic() + retry
-                    retry = min(retry * 2, _BACKOFF_MAX)
-            elif item is _DISCONNECTED:
-                resync_due = None
-            elif isinstance(item, _Exited):
+                    continue  # _STOP: the loop's check ends it
+                waiting = self._busy.get(cid)
+                if waiting is not None:
+                    waiting.append(item)
+                    continue
+                self._busy[cid] = []
+                self._running += 1
+                return _Key(cid, [item])
+
+    def _run_key(self, job: _Key) -> None:
+        """Apply the items of one container, then those that came meanwhile."""
+        items = job.items
+        while True:
+            ok = True
+            events: list[SourceEvent] = []
+            for item in items:
+                if isinstance(item, SourceEvent):
+                    events.append(item)  # consecutive events: one inspect
+                    continue
+                if events:
+                    ok = self._apply_events(job.container_id, events) and ok
+                    events = []
+                assert isinstance(item, _Exited)
                 self._apply_exit(item)
-            elif isinstance(item, SourceEvent):
-                batch = [item]
-                while True:  # coalesce what is already queued: one inspect per container
-                    try:
-                        nxt = self._events_q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if not isinstance(nxt, SourceEvent):
-                        carry = nxt
-                        break
-                    batch.append(nxt)
-                if not self._apply_events(batch, seen):
-                    resync_due = time.monotonic()  # an inspect failed: repair by resync
+            if events:
+                ok = self._apply_events(job.container_id, events) and ok
+            with self._work:
+                if not ok and self._resync_due is None:
+                    self._resync_due = time.monotonic()  # an inspect failed: repair by resync
+                items = self._busy[job.container_id]
+                if not items or self._stopping.is_set():
+                    del self._busy[job.container_id]
+                    self._running -= 1
+                    self._work.notify_all()  # a resync may wait for this
+                    return
+                self._busy[job.container_id] = []
+
+    def _run_resync(self, item: _Resync) -> None:
+        ok = self._resync(item.generation)
+        with self._work:
+            self._barrier = False
+            if ok:
+                self._retry = _BACKOFF_MIN
+                self._resync_due = self._next_periodic()
+            else:
+                self._resync_due = time.monotonic() + self._retry
+                self._retry = min(self._retry * 2, _BACKOFF_MAX)
+            self._work.notify_all()
 
     def _next_periodic(self) -> float | None:
         if self._resync_interval is None:
@@ -1140,51 +1261,43 @@ class MicroserviceTracker:
             _log.warning("ignoring container %r: %s", st.container_id[:64], e)
             return None
 
-    def _apply_events(
-        self, batch: list[SourceEvent], seen: OrderedDict[tuple[object, object, object], None]
-    ) -> bool:
-        cause: dict[str, int] = {}
-        for ev in batch:
-            key = (ev.time_ns, ev.container_id, ev.action)
-            if key in seen:
+    def _apply_events(self, cid: str, events: list[SourceEvent]) -> bool:
+        """Events of container *cid*: learn its state and apply it; False if that failed."""
+        src = self._source
+        cause = {cid: max(ev.time_ns or 0 for ev in events)}
+        actions = {ev.action for ev in events}
+        gone = False
+        st: ContainerState | None = None
+        if actions <= src.end_actions | src.gone_actions:
+            # Only ends of runs, or removal: nothing can have started.
+            if actions & src.gone_actions:
+                gone = True
+            else:
                 with self._lock:
-                    self._counters.duplicates += 1
-                continue
-            seen[key] = None
-            if len(seen) > _DEDUPE_SIZE:
-                seen.popitem(last=False)
-            cause[ev.container_id] = max(cause.get(ev.container_id, 0), ev.time_ns or 0)
-        if not cause:
-            return True
-        truth: dict[str, Microservice | None] = {}
-        gone: list[str] = []
-        ok = True
-        for cid in cause:
+                    if self._table.get(cid) is None:
+                        return True  # not held (the pidfd saw the exit first, or unlabelled)
+        if not gone:
             if self._stopping.is_set():
                 return True
             try:
-                st = self._source.inspect(cid)
+                st = src.inspect(cid)
             except SourceNotFound:
-                truth[cid] = None
-                gone.append(cid)
-                continue
+                gone = True
             except Exception as e:  # state unknown: leave it, a resync will repair it
-                self._note_error(
-                    f"inspecting container {cid[:12]} failed: {self._source.describe_error(e)}"
-                )
-                ok = False
-                continue
-            truth[cid] = self._microservice(st)
+                self._note_error(f"inspecting container {cid[:12]} failed: {src.describe_error(e)}")
+                return False
+        ms = None if st is None else self._microservice(st)
         with self._lock:
             # stop() (which sets _stopping under this lock) may have run
             # while we inspected: the map stays as stop() left it.
             if self._stopping.is_set():
                 return True
-            changes = self._table.update(truth)
-            self._table.forget(gone)
+            changes = self._table.update({cid: ms})
+            if gone:
+                self._table.forget([cid])
             self._publish(changes, cause)
-        self._watch()
-        return ok
+        self._watch_one(cid, ms)
+        return True
 
     def _resync(self, generation: int) -> bool:
         key = self._label_key if self._label_env is None else None
@@ -1223,7 +1336,15 @@ class MicroserviceTracker:
             runs = [(ms.container_id, ms.pid) for ms in self._table.instances()]
         now = time.time_ns()
         for cid, pid in self._watcher.track(runs):
-            self._events_q.put(_Exited(cid, pid, now))
+            self._post(_Exited(cid, pid, now))
+
+    def _watch_one(self, cid: str, ms: Microservice | None) -> None:
+        """Make the pidfd watcher follow container *cid*'s run in the table, if any."""
+        if self._watcher is None:
+            return
+        now = time.time_ns()
+        for gone_cid, pid in self._watcher.update({cid: None if ms is None else ms.pid}):
+            self._post(_Exited(gone_cid, pid, now))
 
     def _apply_exit(self, ex: _Exited) -> None:
         """A tracked process ended: that run is over, whatever the daemon says (or not)."""

@@ -64,14 +64,21 @@ def _message(body: bytes) -> str:
     return str(data)[:200]
 
 
+_IDLE_MAX = 8  # kept-alive connections at most (one per calling thread at a time)
+
+
 class UnixHTTP:
-    """Requests to one unix socket: one kept-alive connection for calls, one per stream."""
+    """Requests to one unix socket: kept-alive connections for calls, one per stream.
+
+    Calls from several threads run at once, each on a connection of its own.
+    """
 
     def __init__(self, url: str, timeout: float) -> None:
         self.path = socket_path(url)
         self.timeout = timeout
         self._lock = threading.Lock()
-        self._conn: _Conn | None = None
+        self._idle: list[_Conn] = []
+        self._closed = False  # after close(), calls still work but keep nothing open
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         """``GET path`` and decode the JSON answer.
@@ -80,27 +87,35 @@ class UnixHTTP:
         :raises OSError: no connection (e.g. ``FileNotFoundError``).
         """
         url = _url(path, params)
-        with self._lock:
-            for attempt in (0, 1):
-                conn = self._conn or _Conn(self.path, self.timeout)
-                self._conn = None
-                try:
-                    conn.request("GET", url, headers={"Host": "d"})
-                    resp = conn.getresponse()
-                    body = resp.read()
-                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                    conn.close()
-                    if attempt:
-                        raise
-                    continue  # a kept-alive connection the server closed: once more
-                except BaseException:
-                    conn.close()
+        for attempt in (0, 1):
+            conn = None
+            if not attempt:  # the retry takes a new one: the others may be stale too
+                with self._lock:
+                    conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                conn = _Conn(self.path, self.timeout)
+            try:
+                conn.request("GET", url, headers={"Host": "d"})
+                resp = conn.getresponse()
+                body = resp.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                if attempt:
                     raise
-                if resp.will_close:
+                continue  # a kept-alive connection the server closed: once more
+            except BaseException:
+                conn.close()
+                raise
+            if resp.will_close:
+                conn.close()
+            else:
+                with self._lock:
+                    keep = not self._closed and len(self._idle) < _IDLE_MAX
+                    if keep:
+                        self._idle.append(conn)
+                if not keep:
                     conn.close()
-                else:
-                    self._conn = conn
-                break
+            break
         if not 200 <= resp.status < 300:
             raise HTTPError(resp.status, _message(body))
         return json.loads(body)
@@ -124,10 +139,11 @@ class UnixHTTP:
         return LineStream(conn, resp)
 
     def close(self) -> None:
-        """Close the kept-alive connection."""
+        """Close the kept-alive connections (a call in flight keeps its own until it ends)."""
         with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
             conn.close()
 
 

@@ -96,7 +96,9 @@ class Source(abc.ABC):
 
     Implementations are used from the tracker's threads: :meth:`subscribe`
     and the stream from the reader thread, :meth:`inspect` and :meth:`sync`
-    from the worker, :meth:`close` from whichever thread stops the tracker.
+    from the workers (a few threads: :meth:`inspect` may run on several at
+    once, for different containers; :meth:`sync` runs alone), :meth:`close`
+    from whichever thread stops the tracker.
     """
 
     #: Runtime kind shown to users: ``"docker"``, ``"podman"``, ``"containerd"``.
@@ -105,6 +107,15 @@ class Source(abc.ABC):
     replays: bool = False
     #: Regular expression every container ID of this runtime matches.
     id_pattern: re.Pattern[str] = HEX_ID
+    #: Event actions that only say a run ended (its process exited).  Such
+    #: an event cannot start anything, so for a container the tracker does
+    #: not hold it needs no :meth:`inspect`.  The default is docker's and
+    #: podman's vocabulary; an action not listed here is always inspected.
+    end_actions: frozenset[str] = frozenset({"die", "died"})
+    #: Event actions after which the container no longer exists: the tracker
+    #: drops it without an :meth:`inspect` (unless another event for the same
+    #: ID, e.g. a new container of the same name, waits behind it).
+    gone_actions: frozenset[str] = frozenset({"destroy", "remove"})
 
     _closed: bool = False
 

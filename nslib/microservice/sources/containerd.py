@@ -147,6 +147,11 @@ class ContainerdSource(Source):
     kind = "containerd"
     replays = False
     id_pattern = CONTAINERD_ID
+    # A deleted task leaves the container, which may get a new task; only a
+    # deleted container is gone (and its ID, a name, may come back later,
+    # with a /tasks/start of its own).
+    end_actions = frozenset({"/tasks/exit", "/tasks/delete"})
+    gone_actions = frozenset({"/containers/delete"})
 
     def __init__(
         self,
