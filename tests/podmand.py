@@ -94,6 +94,11 @@ class PrivatePodman:
         return "unix://" + self.socket_path
 
     @property
+    def events_log(self) -> str:
+        """The events log file the service writes (``events_logfile_path``)."""
+        return str(self._path("events.log"))
+
+    @property
     def service_pid(self) -> int:
         """PID of the running ``podman system service``."""
         if self._service is None or self._service.poll() is not None:
@@ -143,7 +148,7 @@ class PrivatePodman:
                 "default_ulimits = []\n"
                 "[engine]\n"
                 'events_logger = "file"\n'
-                f'events_logfile_path = "{self._path("events.log")}"\n'
+                f'events_logfile_path = "{self.events_log}"\n'
                 'cgroup_manager = "cgroupfs"\n'
                 f'tmp_dir = "{self._path("tmp")}"\n'
                 "[network]\n"

@@ -8,10 +8,13 @@ and the callback log consistent and replaying to that map.
 
 from __future__ import annotations
 
+import os
+import queue
 import shutil
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +32,7 @@ from mshelpers import (
 
 import nslib
 from nslib.microservice import MicroserviceTracker, PodmanSource
+from nslib.microservice.sources._podman_events import events_file_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 
@@ -82,14 +86,18 @@ def _utc(text: str) -> str:
     return text.replace("+00:00", "Z")
 
 
-@pytest.fixture
-def ptracked(podman: Any) -> Iterator[Tracked]:
-    t = MicroserviceTracker(PodmanSource(podman.url))
+@pytest.fixture(params=["file", "api"])
+def ptracked(podman: Any, request: pytest.FixtureRequest) -> Iterator[Tracked]:
+    """A tracker on the private podman, following its events file or its API stream."""
+    source = PodmanSource(podman.url, events_file="auto" if request.param == "file" else None)
+    t = MicroserviceTracker(source)
     log = EventLog()
     t.subscribe(log)
     t.start()
     try:
         assert t.wait_in_sync(15), t.health()
+        expected = podman.events_log if request.param == "file" else "api"
+        assert source.events_via == expected
         yield Tracked(t, log)
     finally:
         t.stop()
@@ -234,3 +242,137 @@ def test_podman_replays_what_a_broken_stream_missed(
     wait_until(lambda: t.health().events_received >= received + 2, 10, "replayed events")
     wait_equal(t, lambda: podman_truth(podman))
     log.wait_replay(t)
+
+
+# -- the events log file, followed directly --------------------------------------
+
+
+class Collected:
+    """A PodmanSource subscription read on a thread: (action, id) in arrival order."""
+
+    def __init__(self, source: PodmanSource, since_ns: int | None, key: str | None = None) -> None:
+        self.stream = source.subscribe(since_ns, key)
+        self.q: queue.Queue[tuple[str, str, int | None]] = queue.Queue()
+        self.seen: list[tuple[str, str, int | None]] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for ev in self.stream:
+            self.q.put((ev.action, ev.container_id, ev.time_ns))
+
+    def actions(self, cid: str) -> list[str]:
+        return [a for a, c, _ in self.seen if c == cid]
+
+    def wait(self, cid: str, actions: list[str], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.actions(cid) != actions:
+            left = deadline - time.monotonic()
+            assert left > 0, (actions, self.actions(cid))
+            try:
+                self.seen.append(self.q.get(timeout=left))
+            except queue.Empty:
+                continue
+
+    def close(self) -> None:
+        self.stream.close()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_podman_events_file_is_found_from_the_service(podman: Any) -> None:
+    assert events_file_for(podman.url) == podman.events_log
+    assert PodmanSource(podman.url, events_file=None)._file_path() is None
+
+
+def test_podman_file_sees_start_and_died_of_each_exit_and_remove(podman: Any, unique: str) -> None:
+    src = PodmanSource(podman.url)
+    col = Collected(src, None)
+    try:
+        assert src.events_via == podman.events_log
+        killed = podman.run(f"{unique}-k")
+        crashing = podman.run(f"{unique}-c", command=["sh", "-c", "sleep 1; kill -SEGV $$"])
+        exiting = podman.run(f"{unique}-e", command=["sleep", "1"])
+        podman.cli("kill", killed)
+        for cid in (killed, crashing, exiting):
+            col.wait(cid, ["start", "died"])
+        podman.cli("rm", "-f", killed, crashing, exiting)
+        for cid in (killed, crashing, exiting):
+            col.wait(cid, ["start", "died", "remove"])
+        assert all(t is not None for _, _, t in col.seen)
+    finally:
+        col.close()
+        src.close()
+
+
+def test_podman_file_replays_since_a_cursor(podman: Any, unique: str) -> None:
+    cursor = time.time_ns()
+    gone = podman.run(f"{unique}-a", command=["true"])
+    podman.cli("wait", gone)
+    src = PodmanSource(podman.url)
+    replayed = Collected(src, cursor)
+    live = Collected(src, None)
+    other_key = Collected(src, cursor, key="org.nslib.no-such-key")
+    try:
+        replayed.wait(gone, ["start", "died"])
+        marker = podman.run(f"{unique}-b")
+        live.wait(marker, ["start"])
+        assert live.actions(gone) == []  # a live subscription does not replay
+        other_key.wait(marker, [], timeout=0.5)
+        assert other_key.seen == []
+        assert min(t or 0 for _, _, t in replayed.seen) >= cursor
+    finally:
+        for c in (replayed, live, other_key):
+            c.close()
+        src.close()
+
+
+def test_podman_file_that_appears_late_is_followed(podman: Any, unique: str) -> None:
+    log = Path(podman.events_log)
+    for _ in range(5):  # a late cleanup of an earlier test may write one again
+        os.rename(log, f"{log}.old")  # podman makes a new one with its next event
+        src = PodmanSource(podman.url)
+        col = Collected(src, None)
+        if not log.exists():
+            break
+        col.close()
+        src.close()
+    try:
+        assert src.events_via == podman.events_log and not log.exists()
+        cid = podman.run(unique)
+        col.wait(cid, ["start"])
+    finally:
+        col.close()
+        src.close()
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "a-directory"])
+def test_podman_unreadable_file_falls_back_to_the_api(
+    podman: Any, unique: str, tmp_path: Path, where: str
+) -> None:
+    path = tmp_path / "nope" / "events.log" if where == "missing-dir" else tmp_path
+    src = PodmanSource(podman.url, events_file=path)
+    col = Collected(src, None)
+    try:
+        assert src.events_via == "api"
+        cid = podman.run(unique)
+        podman.cli("kill", cid)
+        col.wait(cid, ["start", "died"])
+    finally:
+        col.close()
+        src.close()
+
+
+def test_podman_file_stream_ends_when_the_service_stops(podman: Any) -> None:
+    """So that the tracker reconnects and resyncs, as with the API stream."""
+    src = PodmanSource(podman.url)
+    col = Collected(src, None)
+    try:
+        assert src.events_via == podman.events_log
+        podman.stop_service()
+        col.thread.join(10)
+        assert not col.thread.is_alive()
+    finally:
+        col.close()
+        src.close()
+        podman.start_service()
