@@ -47,12 +47,21 @@ and it exposes the fd, which the monitor needs to wait on several sources
 in one ``epoll`` (asyncinotify brings its own event loop integration
 instead).
 
-Limits worth knowing.  The monitor reports what it sees: a namespace that
-is mounted and unmounted again between two looks of the monitor's thread
-(sub-millisecond windows, under heavy load) is not reported at all, since
-the kernel keeps no trace of a mount that is gone.  ``IN_Q_OVERFLOW`` and
-netlink overruns make it rescan, so it never stays wrong.  nsids are those
-of the network namespace of the thread that created the monitor.
+Directory events and looks at the names are not ordered with each other:
+a look can find a name already removed and made again while the events
+saying so are still queued.  Every look records the mount on the name
+(its ``statx`` mount id, unique since Linux 6.8), and a removal is
+recognized as older than that mount (the file under a mount cannot be
+removed), so nothing is reported twice.
+
+Limits worth knowing.  A namespace mounted and unmounted again between two
+looks of the monitor's thread leaves no trace but its file's creation and
+removal: it is reported as an ADDED and DELETED pair with ``ns_id=None``
+when the mount table changed meanwhile (a placeholder made and removed
+while other mounts changed, never mounted, is reported the same way).
+``IN_Q_OVERFLOW`` and netlink overruns make it rescan, so it never stays
+wrong.  nsids are those of the network namespace of the thread that
+created the monitor.
 
 Ways to consume the events: iterate (``for ev in mon``, blocking in the
 calling thread), ``async for ev in mon``, :meth:`NamespaceMonitor.get`
@@ -68,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import enum
 import errno
 import logging
@@ -123,6 +133,46 @@ _UNSEEN_WINDOW = 1.0
 _GONE = _in.DELETE_SELF | _in.MOVE_SELF | _in.IGNORED | _in.UNMOUNT
 
 
+# statx(2): one call gives the namespace's identity and the mount on the name.
+_STATX_INO = 0x100
+_STATX_MNT_ID = 0x1000
+_STATX_MNT_ID_UNIQUE = 0x4000  # Linux 6.8: never reused (the plain one is, at once)
+_STATX_SIZE = 256
+_libc = ctypes.CDLL(None, use_errno=True)
+_statx = getattr(_libc, "statx", None)
+if _statx is not None:
+    _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+    _statx.restype = ctypes.c_int
+_AT_FDCWD = -100
+
+
+def _stat_mount(path: str) -> tuple[int, int, int | None]:
+    """``(st_dev, st_ino, mount id)`` of *path* (symlinks followed); the id is None if unknown.
+
+    The mount id tells a name's mount from a later one of the same
+    namespace, so a directory event can be recognized as older than the
+    mount the name has now.
+
+    :raises OSError: as ``os.stat``.
+    """
+    if _statx is None:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino, None
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    mask = _STATX_INO | _STATX_MNT_ID | _STATX_MNT_ID_UNIQUE
+    if _statx(_AT_FDCWD, os.fsencode(path), 0, mask, buf) != 0:
+        e = ctypes.get_errno()
+        if e == errno.ENOSYS:
+            st = os.stat(path)
+            return st.st_dev, st.st_ino, None
+        raise OSError(e, os.strerror(e), path)
+    (got,) = struct.unpack_from("=I", buf, 0)
+    (ino,) = struct.unpack_from("=Q", buf, 32)
+    major, minor, mnt = struct.unpack_from("=IIQ", buf, 136)
+    known = got & (_STATX_MNT_ID | _STATX_MNT_ID_UNIQUE)
+    return os.makedev(major, minor), ino, mnt if known else None
+
+
 class EventKind(enum.Enum):
     """What happened."""
 
@@ -167,7 +217,7 @@ class RunDirError(OSError, NslibError):
 class _Dir:
     """One watched run directory and what the monitor knows of its names."""
 
-    __slots__ = ("anchor", "awaited", "ident", "live", "path", "pending", "wd")
+    __slots__ = ("anchor", "awaited", "ident", "live", "mnt", "path", "pending", "wd")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -176,6 +226,7 @@ class _Dir:
         self.awaited = ""  # the ancestor's child on the way to the directory
         self.ident: NsId | None = None  # (dev, ino) of the watched directory
         self.live: dict[str, NsId] = {}  # names with a namespace mounted
+        self.mnt: dict[str, int | None] = {}  # the mount id on each live name
         # Names present but not (yet) a namespace -> (the mount-table generation
         # from which on a mount on them could have gone unseen, or None once
         # one was seen; when the name was first seen).
@@ -234,6 +285,9 @@ class NamespaceMonitor:
         self._former: dict[int, tuple[str, str, NsId]] = {}  # nsid -> name, run_dir, ns_id
         self._nsfs = nsfs_dev()
         self._gen = 0  # mount-table changes seen so far
+        # _gen when the directory events were last read: a file in the next
+        # read was made after it, so only a later change can be its mount.
+        self._read_gen = 0
         self._remount = False
         self._ino: INotify | None = None
         self._mounts = -1
@@ -506,11 +560,13 @@ class NamespaceMonitor:
                 # The mount table first: names the directory events bring are
                 # then judged against a generation that covers their mounts.
                 self._remount = self._mounts in fds or self._mounts_moved()
-                base = self._gen
                 if self._remount:
                     self._gen += 1
-                if self._ino.fileno() in fds:
-                    self._on_inotify(out, base)
+                # Read even when epoll did not report it: a directory event
+                # queued since then must be handled before the names are
+                # looked at, or the look would be ahead of it (see _stale).
+                if self._ino.fileno() in fds or self._remount:
+                    self._on_inotify(out)
                 if self._remount:
                     self._on_mounts(out)
                 if self._nl is not None and self._nl.fileno() in fds:
@@ -521,9 +577,12 @@ class NamespaceMonitor:
         """Whether the mount table changed since the last look (consumes the signal)."""
         return bool(self._mount_poll.poll(0))
 
-    def _on_inotify(self, out: list[NamespaceEvent], base: int) -> None:
+    def _on_inotify(self, out: list[NamespaceEvent]) -> None:
         assert self._ino is not None
+        base, self._read_gen = self._read_gen, self._gen
         rearm: list[_Dir] = []
+        # Per name, in order: True for a removal, False for a creation.
+        seqs: dict[tuple[int, str], tuple[_Dir, list[bool]]] = {}
         for ev in self._ino.read(timeout=0):
             if ev.mask & _in.Q_OVERFLOW:
                 rearm = list(self._dirs)
@@ -535,17 +594,65 @@ class NamespaceMonitor:
                     rearm.append(d)
                 elif anchor or not ev.name:
                     continue
-                elif ev.mask & (_in.DELETE | _in.MOVED_FROM):
-                    # Removed at that point, whatever is there by now: a name
-                    # removed and made again gives DELETED then ADDED.
-                    self._unseen(d, ev.name, out)
-                    self._update(d, ev.name, None, False, out)
-                    if os.path.lexists(os.path.join(d.path, ev.name)):
-                        self._look(d, ev.name, out)
                 else:
-                    self._look(d, ev.name, out, created=base)
+                    seq = seqs.setdefault((id(d), ev.name), (d, []))[1]
+                    seq.append(bool(ev.mask & (_in.DELETE | _in.MOVED_FROM)))
+        for (_, name), (d, seq) in seqs.items():
+            if d not in rearm:
+                self._on_name(d, name, seq, out, base)
         for d in rearm:
             self._arm(d, out, strict=False)
+
+    def _on_name(
+        self, d: _Dir, name: str, seq: list[bool], out: list[NamespaceEvent], base: int
+    ) -> None:
+        """The directory events of one name in one read: its files, in order.
+
+        The first removal ends the file known before (if the events start
+        with one); a file created and removed within the read came and went
+        unseen; the last creation is the file there now, looked at once.
+        """
+        stale = True in seq and self._stale(d, name)
+        # A file the monitor knows (looked at before these events were read):
+        # the first removal ends it, unless it is the one still mounted.
+        known = not stale and (name in d.live or name in d.pending)
+        for k, removed in enumerate(seq):
+            if removed and known:
+                known = False
+                self._unseen(d, name, out)
+                self._update(d, name, None, False, out)
+            elif removed and k > 0:
+                self._came_and_went(d, name, out, base)
+            elif not removed and k == len(seq) - 1 and not stale:
+                self._look(d, name, out, created=base)
+
+    def _stale(self, d: _Dir, name: str) -> bool:
+        """Whether a removal of *name* happened before the mount the monitor knows on it.
+
+        A look at the names can be ahead of the directory events still
+        queued: the name was removed and made again, and the new mount was
+        already reported.  The file under a mount cannot be removed while
+        it is mounted (``EBUSY``; from another mount namespace, removing it
+        takes the mount away everywhere), so if the name still has the very
+        mount the monitor recorded, the removal was of an earlier file.
+        """
+        if name not in d.live or d.mnt.get(name) is None:
+            return False
+        try:
+            dev, ino, mnt = _stat_mount(os.path.join(d.path, name))
+        except OSError:
+            return False
+        return (dev, ino) == d.live[name] and mnt == d.mnt[name]
+
+    def _came_and_went(self, d: _Dir, name: str, out: list[NamespaceEvent], since: int) -> None:
+        """A file made and removed between two reads: a namespace if the mount table moved."""
+        if self._gen == since and self._mounts_moved():
+            self._gen += 1
+            self._remount = True
+        if self._gen > since:
+            path = os.path.join(d.path, name)
+            out.append(NamespaceEvent(EventKind.ADDED, name, path, d.path, None))
+            out.append(NamespaceEvent(EventKind.DELETED, name, path, d.path, None))
 
     def _unseen(self, d: _Dir, name: str, out: list[NamespaceEvent]) -> None:
         """A name removed before its mount was seen: report it if it may have had one.
@@ -714,7 +821,7 @@ class NamespaceMonitor:
         """Bring *name* up to date; *created*: it was just created, at that generation."""
         path = os.path.join(d.path, name)
         try:
-            st = os.stat(path)
+            dev, ino, mnt = _stat_mount(path)
         except OSError:
             if name in d.live:
                 self._update(d, name, None, False, out)
@@ -722,8 +829,10 @@ class NamespaceMonitor:
                 d.pending.setdefault(name, (created, time.monotonic()))
             # Otherwise its IN_DELETE (on its way) decides, see _unseen().
             return
-        now = (st.st_dev, st.st_ino) if st.st_dev == self._nsfs else None
+        now = (dev, ino) if dev == self._nsfs else None
         self._update(d, name, now, True, out, created)
+        if now is not None:
+            d.mnt[name] = mnt
 
     def _update(
         self,
@@ -748,6 +857,7 @@ class NamespaceMonitor:
         path = os.path.join(d.path, name)
         if old is not None:
             del d.live[name]
+            d.mnt.pop(name, None)
             nsid = self._nsid_of.get(old)
             if old not in self._names_of():
                 self._nsid_of.pop(old, None)

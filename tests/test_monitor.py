@@ -99,6 +99,60 @@ def test_a_namespace_mounted_and_gone_between_two_looks(mon_dir: str) -> None:
     ]
 
 
+def _look_ahead(mon: NamespaceMonitor) -> list[tuple[EventKind, tuple[int, int] | None]]:
+    """Look at the mount table before reading the directory events, as a busy monitor can.
+
+    (The directory events are queued when they happen; a monitor thread
+    descheduled between its reads sees the names already in a later state.)
+    """
+    out: list[NamespaceEvent] = []
+    with mon._lock:
+        mon._on_mounts(out)
+    return [(e.kind, e.ns_id) for e in out]
+
+
+def test_a_removal_older_than_the_mount_seen_is_not_reported_again(mon_dir: str) -> None:
+    path = os.path.join(mon_dir, "n")
+    with NamespaceMonitor([mon_dir], nsids=False) as mon:
+        open(path, "w").close()
+        first = mount_ns(path)
+        assert next_of(mon, NAME_EVENTS).ns_id == first
+        subprocess.run(["umount", "-l", path], check=True)  # ip netns del, then add
+        os.unlink(path)
+        open(path, "w").close()
+        second = mount_ns(path)
+        assert _look_ahead(mon) == [(EventKind.DELETED, first), (EventKind.ADDED, second)]
+        # Its IN_DELETE and IN_CREATE, read now, are older than the mount seen.
+        assert mon.get(QUIET) is None
+        subprocess.run(["umount", "-l", path], check=True)
+        os.unlink(path)
+        ev = next_of(mon, NAME_EVENTS)
+        assert (ev.kind, ev.ns_id) == (EventKind.DELETED, second)
+        assert mon.get(QUIET) is None
+
+
+def test_a_namespace_come_and_gone_before_the_mount_seen(mon_dir: str) -> None:
+    """Between the file known and the one seen, a third came and went: one unidentified pair."""
+    path = os.path.join(mon_dir, "n")
+    with NamespaceMonitor([mon_dir], nsids=False) as mon:
+        open(path, "w").close()
+        first = mount_ns(path)
+        assert next_of(mon, NAME_EVENTS).ns_id == first
+        for _ in range(2):
+            subprocess.run(["umount", "-l", path], check=True)
+            os.unlink(path)
+            open(path, "w").close()
+            last = mount_ns(path)
+        assert _look_ahead(mon) == [(EventKind.DELETED, first), (EventKind.ADDED, last)]
+        got = [mon.get(5), mon.get(5), mon.get(QUIET)]
+    assert got == [
+        NamespaceEvent(EventKind.ADDED, "n", path, mon_dir, None),
+        NamespaceEvent(EventKind.DELETED, "n", path, mon_dir, None),
+        None,
+    ]
+    unmount_tree(path)
+
+
 def test_a_placeholder_that_never_had_a_mount_is_never_reported(mon_dir: str) -> None:
     path = os.path.join(mon_dir, "failed")
     with NamespaceMonitor([mon_dir], nsids=False) as mon:
@@ -520,7 +574,8 @@ def test_side_by_side_with_ip_netns_monitor() -> None:
     }
     assert dict(theirs) == expected  # ip netns monitor itself saw every operation
     wrong = {n: (ours.get(n), e) for n, e in expected.items() if not _aligns(ours.get(n, []), e)}
-    assert not wrong, f"monitor events differ (got, expected): {wrong}"
+    lines = [ln for ln in ns_lines if any(n in ln for n in wrong)]
+    assert not wrong, f"monitor events differ (got, expected): {wrong}; its lines: {lines}"
 
 
 def _aligns(ours: list[str], expected: list[str]) -> bool:
