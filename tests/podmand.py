@@ -143,22 +143,36 @@ class PrivatePodman:
         try:
             for d in ("storage", "run", "tmp", "net"):
                 self._path(d).mkdir()
-            self._path("containers.conf").write_text(
-                "[containers]\n"
-                "default_ulimits = []\n"
-                "[engine]\n"
-                'events_logger = "file"\n'
-                f'events_logfile_path = "{self.events_log}"\n'
-                'cgroup_manager = "cgroupfs"\n'
-                f'tmp_dir = "{self._path("tmp")}"\n'
-                "[network]\n"
-                f'network_config_dir = "{self._path("net")}"\n'
-            )
+            self._write_conf()
             self.start_service(timeout)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.stop()
             raise
+
+    def _write_conf(self, events_max_size: int | None = None) -> None:
+        size = "" if events_max_size is None else f'events_logfile_max_size = "{events_max_size}"\n'
+        self._path("containers.conf").write_text(
+            "[containers]\n"
+            "default_ulimits = []\n"
+            "[engine]\n"
+            'events_logger = "file"\n'
+            f'events_logfile_path = "{self.events_log}"\n'
+            f"{size}"
+            'cgroup_manager = "cgroupfs"\n'
+            f'tmp_dir = "{self._path("tmp")}"\n'
+            "[network]\n"
+            f'network_config_dir = "{self._path("net")}"\n'
+        )
+
+    def set_events_max_size(self, size: int | None) -> None:
+        """Make podman rotate its events log past *size* bytes (None: its default).
+
+        Restarts the service; later podman commands (and the cleanup of
+        containers that exit) read the new setting themselves.
+        """
+        self._write_conf(size)
+        self.restart_service()
 
     def start_service(self, timeout: float = 30.0) -> None:
         """Start ``podman system service`` on our socket and wait until it answers."""

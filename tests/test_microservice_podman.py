@@ -376,3 +376,34 @@ def test_podman_file_stream_ends_when_the_service_stops(podman: Any) -> None:
         col.close()
         src.close()
         podman.start_service()
+
+
+def test_podman_file_followed_across_podman_own_rotations(podman: Any, unique: str) -> None:
+    """Podman rotates its log past events_logfile_max_size: nothing is lost, nothing doubled."""
+    podman.set_events_max_size(16_000)  # about 50 events a file
+    src = PodmanSource(podman.url)
+    col = Collected(src, None)
+    rotations = 0
+    try:
+        assert src.events_via == podman.events_log
+        ino = os.stat(podman.events_log).st_ino
+        ids = []
+        for i in range(6):
+            cid = podman.run(f"{unique}-{i}")
+            for _ in range(15):  # each inspect logs a "sync" event
+                podman.inspect(cid)
+            podman.cli("kill", cid)
+            ids.append(cid)
+            if os.stat(podman.events_log).st_ino != ino:
+                rotations += 1
+                ino = os.stat(podman.events_log).st_ino
+        podman.cli("rm", "-f", *ids)
+        for cid in ids:
+            col.wait(cid, ["start", "died", "remove"])
+        assert rotations >= 2
+        keys = [(a, c, t) for a, c, t in col.seen]
+        assert len(keys) == len(set(keys))
+    finally:
+        col.close()
+        src.close()
+        podman.set_events_max_size(None)

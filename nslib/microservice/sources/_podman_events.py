@@ -175,8 +175,15 @@ def events_file_for(url: str) -> str | None:
 # -- reading it ------------------------------------------------------------------
 
 
+_WANTED: Final = tuple(f'"{a}"'.encode() for a in sorted(ACTIONS))
+
+
 def parse_line(line: bytes, label_key: str | None) -> SourceEvent | None:
     """One line of the log as a :class:`SourceEvent`, or None (not one we report)."""
+    # Most lines are "sync" events (podman logs one per inspect): rejected
+    # before decoding.  Only a shortcut: the decoded fields decide.
+    if not any(w in line for w in _WANTED):
+        return None
     try:
         ev = json.loads(line)
     except ValueError:  # also bad UTF-8 (UnicodeDecodeError)
