@@ -1029,3 +1029,32 @@ def test_no_inspect_for_the_end_of_an_unheld_container(
     finally:
         t.stop()
         client.close()
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_docker_source_inspect_on_the_socket_equals_the_sdk(
+    dockerd: Any, docker_client: Any, unique: str
+) -> None:
+    """DockerSource inspects over the client's unix socket itself: the same state as
+    the SDK's answer, the same not-found error, and no connection left open."""
+    from nslib.microservice.sources.base import SourceNotFound
+    from nslib.microservice.sources.docker import DockerSource, state_from_inspect
+
+    c = run(docker_client, unique)
+    client = dockerd.client()
+    src = DockerSource(client)
+    try:
+        sdk = state_from_inspect(client.api.inspect_container(c.id))
+        fds = open_fds()
+        got = src.inspect(c.id)
+        assert src._raw is not None and src._raw[1] is not None  # the socket path was taken
+        assert got == sdk
+        assert got.running and got.pid > 0 and f"{LABEL_ENV}={unique}" in got.env
+        with pytest.raises(SourceNotFound):
+            src.inspect("0" * 64)
+        src.close()
+        assert open_fds() - fds <= set(), open_fds() - fds
+    finally:
+        src.close()
+        client.close()
