@@ -235,3 +235,30 @@ def test_parse_line_never_raises() -> None:
     for raw in (b"", b"{", b"null", b'{"Type":"container","Status":"start","ID":1}', b"\x00" * 5):
         assert parse_line(raw, None) is None
     assert parse_line(line(7, "died"), None) == SourceEvent(T0 + 7, cid(7), "died")
+
+
+def test_where_podman_writes_its_events(tmp_path: Path) -> None:
+    """containers.conf and the service's flags, as podman 4.3 resolves them."""
+    from nslib.microservice.sources._podman_events import _path_from
+
+    conf = tmp_path / "c.conf"
+    env = {b"CONTAINERS_CONF": os.fsencode(conf)}
+    conf.write_text('[engine]\nevents_logger = "file"\n')
+    assert _path_from([], env) == "/run/libpod/events/events.log"
+    conf.write_text('[engine]\nevents_logger = "file"\ntmp_dir = "/t"\n')
+    assert _path_from([], env) == "/t/events/events.log"
+    assert _path_from([b"podman", b"--tmpdir", b"/u", b"system"], env) == "/u/events/events.log"
+    conf.write_text(
+        '[engine]\nevents_logger = "file"\nevents_logfile_path = "/e.log"\ntmp_dir = "/t"\n'
+    )
+    assert _path_from([b"podman", b"--tmpdir=/u"], env) == "/e.log"
+    assert _path_from([b"podman", b"--events-backend=journald"], env) is None
+    conf.write_text('[engine]\nevents_logger = "journald"\n')
+    assert _path_from([], env) is None
+    assert _path_from([b"podman", b"--events-backend", b"file"], env) == (
+        "/run/libpod/events/events.log"
+    )
+    conf.write_bytes(b"[engine\n\xff")  # not TOML: podman's defaults
+    assert _path_from([b"podman", b"--events-backend=file"], env) == (
+        "/run/libpod/events/events.log"
+    )
