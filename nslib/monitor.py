@@ -577,7 +577,8 @@ class NamespaceMonitor:
         """Whether the mount table changed since the last look (consumes the signal)."""
         return bool(self._mount_poll.poll(0))
 
-    def _on_inotify(self, out: list[NamespaceEvent]) -> None:
+    def _on_inotify(self, out: list[NamespaceEvent]) -> set[tuple[int, str]]:
+        """Read and handle the directory events; the ``(id(dir), name)`` they touched."""
         assert self._ino is not None
         base, self._read_gen = self._read_gen, self._gen
         rearm: list[_Dir] = []
@@ -602,6 +603,7 @@ class NamespaceMonitor:
                 self._on_name(d, name, seq, out, base)
         for d in rearm:
             self._arm(d, out, strict=False)
+        return set(seqs) | {(id(d), n) for d in rearm for n in (*d.live, *d.pending)}
 
     def _on_name(
         self, d: _Dir, name: str, seq: list[bool], out: list[NamespaceEvent], base: int
@@ -683,6 +685,8 @@ class NamespaceMonitor:
             out.append(NamespaceEvent(EventKind.DELETED, name, path, d.path, None))
 
     def _on_mounts(self, out: list[NamespaceEvent]) -> None:
+        changes: list[tuple[_Dir, str]] = []
+        changed: list[str] = []
         for d in self._dirs:
             if d.wd is None:
                 continue
@@ -694,10 +698,29 @@ class NamespaceMonitor:
             if not same:  # something was mounted over (or under) the directory
                 self._arm(d, out, strict=False)
                 continue
-            for name in sorted(d.pending):  # the likely news first
+            changed += [n for n in sorted(d.pending) if self._differs(d, n)]  # likely news first
+            changed += [n for n in list(d.live) if self._differs(d, n)]
+            changes += [(d, n) for n in changed]
+            changed = []
+        if not changes:
+            return
+        # The look may be ahead of directory events queued meanwhile (the
+        # name removed and made again): those go first, in order, and only
+        # the names they did not touch are brought up to date from the look.
+        touched = self._on_inotify(out)
+        for d, name in changes:
+            if (id(d), name) not in touched:
                 self._look(d, name, out)
-            for name in list(d.live):
-                self._look(d, name, out)
+
+    def _differs(self, d: _Dir, name: str) -> bool:
+        """Whether *name* is not what the monitor knows (a placeholder gone: its event decides)."""
+        try:
+            dev, ino, mnt = _stat_mount(os.path.join(d.path, name))
+        except OSError:
+            return name in d.live
+        if dev != self._nsfs:
+            return name in d.live
+        return d.live.get(name) != (dev, ino) or d.mnt.get(name) != mnt
 
     def _on_netlink(self, out: list[NamespaceEvent]) -> None:
         assert self._nl is not None
