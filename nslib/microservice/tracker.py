@@ -1196,29 +1196,43 @@ class MicroserviceTracker:
         """Apply the items of one container, then those that came meanwhile."""
         items = job.items
         while True:
-            ok = True
-            events: list[SourceEvent] = []
-            for item in items:
-                if isinstance(item, SourceEvent):
-                    events.append(item)  # consecutive events: one inspect
-                    continue
-                if events:
-                    ok = self._apply_events(job.container_id, events) and ok
-                    events = []
-                assert isinstance(item, _Exited)
-                self._apply_exit(item)
+            ok = False
+            try:
+                ok = self._apply_items(job.container_id, items)
+            except Exception:  # a bug: the resync below repairs the state
+                _log.exception("applying the events of container %r failed", job.container_id[:64])
+            finally:  # the container and a waiting resync must never hang
+                with self._work:
+                    if not ok:  # repair by resync, now
+                        now = time.monotonic()
+                        if self._resync_due is None or self._resync_due > now:
+                            self._resync_due = now
+                    items = self._busy[job.container_id]
+                    done = not items or self._stopping.is_set()
+                    if done:
+                        del self._busy[job.container_id]
+                        self._running -= 1
+                        self._work.notify_all()  # a resync may wait for this
+                    else:
+                        self._busy[job.container_id] = []
+            if done:
+                return
+
+    def _apply_items(self, cid: str, items: list[object]) -> bool:
+        ok = True
+        events: list[SourceEvent] = []
+        for item in items:
+            if isinstance(item, SourceEvent):
+                events.append(item)  # consecutive events: one inspect
+                continue
             if events:
-                ok = self._apply_events(job.container_id, events) and ok
-            with self._work:
-                if not ok and self._resync_due is None:
-                    self._resync_due = time.monotonic()  # an inspect failed: repair by resync
-                items = self._busy[job.container_id]
-                if not items or self._stopping.is_set():
-                    del self._busy[job.container_id]
-                    self._running -= 1
-                    self._work.notify_all()  # a resync may wait for this
-                    return
-                self._busy[job.container_id] = []
+                ok = self._apply_events(cid, events) and ok
+                events = []
+            assert isinstance(item, _Exited)
+            self._apply_exit(item)
+        if events:
+            ok = self._apply_events(cid, events) and ok
+        return ok
 
     def _run_resync(self, item: _Resync) -> None:
         ok = self._resync(item.generation)
