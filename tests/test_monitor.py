@@ -153,6 +153,24 @@ def test_a_namespace_come_and_gone_before_the_mount_seen(mon_dir: str) -> None:
     unmount_tree(path)
 
 
+def test_the_same_namespace_mounted_anew_between_two_looks(mon_dir: str) -> None:
+    """Unmounted and mounted again (``ip netns del`` then ``attach``): it went and came back."""
+    import nslib
+
+    path = os.path.join(mon_dir, "n")
+    open(path, "w").close()
+    with nslib.NsHandle.new() as h, NamespaceMonitor([mon_dir], nsids=False) as mon:
+        fd = h.fileno()
+        bind = ["mount", "--bind", f"/proc/self/fd/{fd}", path]
+        subprocess.run(bind, check=True, pass_fds=[fd])
+        assert next_of(mon, NAME_EVENTS).ns_id == h.ns_id
+        subprocess.run(["umount", path], check=True)
+        subprocess.run(bind, check=True, pass_fds=[fd])
+        assert _look_ahead(mon, "n") == [(EventKind.DELETED, h.ns_id), (EventKind.ADDED, h.ns_id)]
+        assert mon.get(QUIET) is None
+    unmount_tree(path)
+
+
 def test_a_placeholder_that_never_had_a_mount_is_never_reported(mon_dir: str) -> None:
     path = os.path.join(mon_dir, "failed")
     with NamespaceMonitor([mon_dir], nsids=False) as mon:
@@ -187,6 +205,49 @@ def test_a_name_remounted_with_another_namespace(mon_dir: str) -> None:
             second,
         )
     unmount_tree(path)
+
+
+def test_many_names_in_a_run_dir_with_a_space(run_dir: str) -> None:
+    """Past the size where the mounts under the directory are listed first.
+
+    A mount elsewhere changes nothing; one stacked on a name (no directory
+    event) and its removal are seen.  The path has a space for good measure.
+    """
+    spaced = os.path.join(os.path.dirname(run_dir), "net ns")
+    names = [f"n{i}" for i in range(70)]
+    for n in names:
+        named.create(n, run_dir=spaced).close()
+    other = os.path.join(os.path.dirname(run_dir), "elsewhere")
+    os.makedirs(other)
+    try:
+        with NamespaceMonitor([spaced], nsids=False) as mon:
+            subprocess.run(["mount", "-t", "tmpfs", "none", other], check=True)
+            subprocess.run(["umount", other], check=True)
+            assert mon.get(QUIET) is None
+            path = os.path.join(spaced, "n7")
+            before = os.stat(path)
+            stacked = mount_ns(path)  # another namespace on top: no directory event
+            a, b = mon.get(5), mon.get(5)
+            assert a is not None and b is not None
+            assert (a.kind, a.name, a.ns_id) == (
+                EventKind.DELETED,
+                "n7",
+                (before.st_dev, before.st_ino),
+            )
+            assert (b.kind, b.name, b.ns_id) == (EventKind.ADDED, "n7", stacked)
+            subprocess.run(["umount", path], check=True)
+            a, b = mon.get(5), mon.get(5)
+            assert a is not None and b is not None
+            assert (a.kind, a.ns_id, b.kind) == (EventKind.DELETED, stacked, EventKind.ADDED)
+            named.delete("n3", run_dir=spaced)
+            ev = next_of(mon, NAME_EVENTS)
+            assert (ev.kind, ev.name) == (EventKind.DELETED, "n3")
+            assert mon.get(QUIET) is None
+    finally:
+        for n in names:
+            with contextlib.suppress(OSError):
+                named.delete(n, run_dir=spaced)
+        unmount_tree(spaced)
 
 
 def test_initial_batch_then_nothing_missed(mon_dir: str) -> None:
