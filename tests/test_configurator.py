@@ -655,6 +655,19 @@ def test_a_pending_worker_is_woken_by_the_mount_itself(
     nslib.named.delete(unique, run_dir=run_dir)
 
 
+def test_a_worker_waiting_on_the_mount_table_sees_removal_and_close(plugin, unique) -> None:
+    """remove() and close() reach a worker that sleeps on the mount table, not on its condition."""
+    with Configurator(plugin, poll_interval=3600) as conf:
+        gone = conf.add_veth("nlt-dr0", "nlt-dr0p", ns=NetNamespace.named(unique))
+        assert gone.status is PENDING, gone
+        conf.remove(gone)
+        gone.wait(REMOVED, timeout=10)
+        kept = conf.add_veth("nlt-dr1", "nlt-dr1p", ns=NetNamespace.named(unique + "k"))
+        assert kept.status is PENDING, kept
+        worker = conf._workers[kept.ns]
+    assert not worker.thread.is_alive()  # close() joined it (it waits 5 s at most)
+
+
 def test_worker_keeps_its_sessions_between_passes(
     plugin, run_dir, unique, monkeypatch: pytest.MonkeyPatch, fd_baseline
 ) -> None:

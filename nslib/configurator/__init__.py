@@ -338,7 +338,7 @@ class Configurator:
                 if item in worker.items:
                     worker.items.remove(item)
                 worker.removals.append(item)
-                worker.wake.notify()
+                worker.poke()
                 return
         self._update(item, ItemStatus.REMOVED)  # closed: nothing runs any more
 
@@ -367,7 +367,7 @@ class Configurator:
             self._workers.clear()
             for w in workers:
                 w.stopping = True
-                w.wake.notify()
+                w.poke()
             for it in self._items:
                 it._cond.notify_all()  # waiters: nothing will change any more
         if self._unsubscribe is not None:

@@ -189,6 +189,10 @@ class _Worker:
         """Ask for a pass (caller holds the configurator's lock)."""
         self.dirty = True
         self.force = self.force or force
+        self.poke()
+
+    def poke(self) -> None:
+        """Wake the thread to look at its flags (caller holds the configurator's lock)."""
         self.wake.notify()
         if self.direct is not None:
             self.direct.wake()
