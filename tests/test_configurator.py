@@ -657,13 +657,24 @@ def test_a_pending_worker_is_woken_by_the_mount_itself(
 
 def test_a_worker_waiting_on_the_mount_table_sees_removal_and_close(plugin, unique) -> None:
     """remove() and close() reach a worker that sleeps on the mount table, not on its condition."""
+
+    def asleep(conf: Configurator, item: ConfigItem) -> None:
+        worker = conf._workers[item.ns]
+        deadline = time.monotonic() + 10
+        while worker.direct is None:
+            assert time.monotonic() < deadline, "the worker never waited on the mount table"
+            time.sleep(0.01)
+        time.sleep(0.2)  # past its last check: in poll() now
+
     with Configurator(plugin, poll_interval=3600) as conf:
         gone = conf.add_veth("nlt-dr0", "nlt-dr0p", ns=NetNamespace.named(unique))
         assert gone.status is PENDING, gone
+        asleep(conf, gone)
         conf.remove(gone)
         gone.wait(REMOVED, timeout=10)
         kept = conf.add_veth("nlt-dr1", "nlt-dr1p", ns=NetNamespace.named(unique + "k"))
         assert kept.status is PENDING, kept
+        asleep(conf, kept)
         worker = conf._workers[kept.ns]
     assert not worker.thread.is_alive()  # close() joined it (it waits 5 s at most)
 
