@@ -262,3 +262,25 @@ def test_where_podman_writes_its_events(tmp_path: Path) -> None:
     assert _path_from([b"podman", b"--events-backend=file"], env) == (
         "/run/libpod/events/events.log"
     )
+
+
+def test_a_file_rewritten_in_place_and_grown_past_our_offset(tmp_path: Path) -> None:
+    """Truncated and refilled (podman's copy across file systems, or copytruncate)
+    before the reader looked: the new content is read from its start, once."""
+    path = tmp_path / "events.log"
+    path.write_bytes(line(1, "sync"))
+    stream = FileEvents(str(path), None, None)
+    try:
+        events = iter(stream)
+        append(path, line(10))
+        assert next(events).container_id == cid(10)  # the reader is paused right here
+        with open(path, "r+b") as f:
+            f.truncate(0)
+            f.write(line(10) + ROTATE + b"".join(line(n) for n in range(11, 30)))
+        got: queue.Queue[int] = queue.Queue()
+        threading.Thread(
+            target=lambda: [got.put(int(e.container_id, 16)) for e in events], daemon=True
+        ).start()  # the same iteration goes on, on a thread (so a failure cannot hang)
+        assert [got.get(timeout=10) for _ in range(19)] == list(range(11, 30))
+    finally:
+        stream.close()

@@ -51,6 +51,7 @@ ACTIONS: Final = frozenset({"start", "died", "remove"})
 _CHUNK: Final = 1 << 16
 _MAX_LINE: Final = 1 << 20  # a longer "line" is not podman's: dropped
 _REPLAY_SLACK_NS: Final = 10_000_000_000  # event times are taken before podman's lock
+_TAIL: Final = 64
 _RECENT: Final = 8192  # keys remembered so that a rotation's copied half is not reported again
 _SAFETY_POLL_S: Final = 1.0  # look at the file even without an inotify event (a lost watch)
 
@@ -264,7 +265,10 @@ class FileEvents(EventStream):
         self._ino: tuple[int, int] | None = None
         self._pos = 0
         self._buf = b""
+        self._tail = b""  # the last bytes before _pos: a file rewritten in place differs
         self._skip_partial = False
+        self._newest: int | None = None  # the newest event time reported
+        self._floor: int | None = None  # after a rotation: older events were all seen
         self._recent: OrderedDict[tuple[object, ...], None] = OrderedDict()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._inotify: INotify | None = None
@@ -302,17 +306,29 @@ class FileEvents(EventStream):
             raise
         self._close_file()
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
-        self._buf = b""
         if first and self._since is None:
-            self._pos = st.st_size  # live events only
-            self._skip_partial = False
+            self._restart_at(st.st_size)  # live events only
         elif first and self._since is not None:
-            self._pos = _replay_offset(fd, st.st_size, self._since)
+            self._restart_at(_replay_offset(fd, st.st_size, self._since))
             self._skip_partial = self._pos > 0
-        else:  # a new or truncated file: all of it (what was seen is skipped)
-            self._pos = 0
-            self._skip_partial = False
+        else:  # a new or rewritten file: all of it (what was seen is skipped)
+            self._restart_at(0)
         return True
+
+    def _restart_at(self, pos: int) -> None:
+        assert self._fd is not None
+        if pos == 0 and self._newest is not None:
+            self._floor = self._newest - _REPLAY_SLACK_NS
+        self._pos = pos
+        self._buf = b""
+        self._skip_partial = False
+        self._tail = os.pread(self._fd, min(pos, _TAIL), pos - min(pos, _TAIL))
+
+    def _rewritten(self) -> bool:
+        """The same file, but its bytes before our offset changed (truncated and refilled)."""
+        assert self._fd is not None
+        tail = self._tail
+        return bool(tail) and os.pread(self._fd, len(tail), self._pos - len(tail)) != tail
 
     def _close_file(self) -> None:
         fd, self._fd = self._fd, None
@@ -322,10 +338,13 @@ class FileEvents(EventStream):
     def _read_available(self) -> Iterator[SourceEvent]:
         fd = self._fd
         while fd is not None and not self._closed:
+            if self._rewritten():
+                self._restart_at(0)
             data = os.pread(fd, _CHUNK, self._pos)
             if not data:
                 return
             self._pos += len(data)
+            self._tail = (self._tail + data)[-_TAIL:]
             buf = self._buf + data
             if self._skip_partial:
                 nl = buf.find(b"\n")
@@ -343,7 +362,11 @@ class FileEvents(EventStream):
                 ev = parse_line(line, self._label_key) if line.strip() else None
                 if ev is None:
                     continue
-                if self._since is not None and ev.time_ns is not None and ev.time_ns < self._since:
+                t = ev.time_ns
+                if t is not None and (
+                    (self._since is not None and t < self._since)
+                    or (self._floor is not None and t < self._floor)
+                ):
                     continue
                 key = (ev.time_ns, ev.container_id, ev.action)
                 if key in self._recent:
@@ -351,6 +374,8 @@ class FileEvents(EventStream):
                 self._recent[key] = None
                 if len(self._recent) > _RECENT:
                     self._recent.popitem(last=False)
+                if t is not None and (self._newest is None or t > self._newest):
+                    self._newest = t
                 yield ev
 
     def _replaced(self) -> bool:
