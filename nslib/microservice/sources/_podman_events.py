@@ -239,6 +239,8 @@ class FileEvents(EventStream):
     :param path: The log file (it may not exist yet: podman creates it with
         its first event; its directory must exist).
     :param since_ns: Report the events from this time on (None: from now).
+    :param label_key: When not None, only containers carrying this label key
+        (podman logs the container's labels with each event).
     :param guard: An open stream of the podman service; when it ends (the
         service stopped), this stream ends too, so that the tracker resyncs
         once the service answers again.  Closed with this stream.
@@ -254,7 +256,6 @@ class FileEvents(EventStream):
         guard: LineStream | None = None,
     ) -> None:
         self.path = path
-        self._name = os.fsencode(os.path.basename(path))
         self._since = since_ns
         self._label_key = label_key
         self._guard = guard

@@ -1,4 +1,4 @@
-"""Rootful podman as a microservice source, through its API socket (libpod endpoints)."""
+"""Rootful podman as a microservice source (its API socket, and its events log file)."""
 
 from __future__ import annotations
 
