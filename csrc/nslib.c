@@ -22,11 +22,12 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 #include <linux/magic.h>
 #include <linux/nsfs.h>
 
-#define NSLIB_ABI 9
+#define NSLIB_ABI 10
 
 #define NSLIB_ENOTNS -2		/* the file is not a namespace at all */
 #define NSLIB_EWRONGTYPE -3	/* a namespace, but not a network one */
@@ -1289,4 +1290,52 @@ static int nslib_prepare_exec(int netfd)
 	if (mount("sysfs", "/sys", "sysfs", flags, NULL) < 0)
 		return -1;
 	return 0;
+}
+
+/*
+ * statx(2) for what a name is: its identity and the mount it is on.  One
+ * call instead of a stat plus a read of /proc/thread-self/fdinfo.
+ * out = {stx_mask, st_dev (makedev), st_ino, mount id (0 if not given)}.
+ */
+#ifndef STATX_MNT_ID
+#define STATX_MNT_ID 0x1000U
+#endif
+#define NSLIB_STATX_MNT_ID STATX_MNT_ID
+#define NSLIB_STATX_MNT_ID_UNIQUE STATX_MNT_ID_UNIQUE /* Linux 6.8: never reused */
+
+static int nslib_statx_ids(int dirfd, const char *path, int flags, unsigned int mask,
+			   uint64_t out[4])
+{
+	struct statx stx;
+
+	if (statx(dirfd, path, flags, STATX_INO | mask, &stx) < 0)
+		return -1;
+	out[0] = stx.stx_mask;
+	out[1] = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+	out[2] = stx.stx_ino;
+	out[3] = stx.stx_mask & (STATX_MNT_ID | NSLIB_STATX_MNT_ID_UNIQUE) ? stx.stx_mnt_id : 0;
+	return 0;
+}
+
+/*
+ * listmount(2), Linux 6.8: the ids of the mounts under mount `mnt_id`
+ * (unique ids), after `last`.  -1 with ENOSYS on older kernels.
+ */
+#if defined(SYS_listmount)
+#define NSLIB_NR_LISTMOUNT SYS_listmount
+#elif defined(__alpha__) || defined(__mips__)
+#define NSLIB_NR_LISTMOUNT -1	/* unknown here: ENOSYS, callers fall back */
+#else
+#define NSLIB_NR_LISTMOUNT 458
+#endif
+
+static long nslib_listmount(uint64_t mnt_id, uint64_t last, uint64_t *ids, size_t n)
+{
+	struct nslib_mnt_id_req req = { .size = sizeof(req), .mnt_id = mnt_id, .param = last };
+
+	if (NSLIB_NR_LISTMOUNT < 0) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return syscall(NSLIB_NR_LISTMOUNT, &req, ids, n, 0);
 }

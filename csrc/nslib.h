@@ -32,6 +32,14 @@ int nslib_umount2(const char *target, int flags);
 int nslib_pidfd_open(int pid);
 int nslib_pidfd_getfd(int pidfd, int targetfd);
 
+#define AT_EMPTY_PATH ...
+#define AT_SYMLINK_NOFOLLOW ...
+#define NSLIB_STATX_MNT_ID ...
+#define NSLIB_STATX_MNT_ID_UNIQUE ...
+int nslib_statx_ids(int dirfd, const char *path, int flags, unsigned int mask,
+		    uint64_t out[4]);
+long nslib_listmount(uint64_t mnt_id, uint64_t last, uint64_t *ids, size_t n);
+
 void nslib_fdbox_close(int *box);
 int nslib_dup(int fd, int *out);
 int nslib_open_current(int *out);

@@ -18,7 +18,7 @@ ffi = _native.ffi
 lib = _native.lib
 
 # A stale .so in an editable checkout would silently miss newer shims.
-_ABI = 9
+_ABI = 10
 if lib.NSLIB_ABI != _ABI:  # pragma: no cover
     raise ImportError(f"nslib._native ABI {lib.NSLIB_ABI} != {_ABI}; rebuild (pip install -e .)")
 
@@ -32,6 +32,8 @@ MS_PRIVATE: int = lib.MS_PRIVATE
 MS_SLAVE: int = lib.MS_SLAVE
 MS_RDONLY: int = lib.MS_RDONLY
 AT_FDCWD: int = lib.AT_FDCWD
+AT_EMPTY_PATH: int = lib.AT_EMPTY_PATH
+AT_SYMLINK_NOFOLLOW: int = lib.AT_SYMLINK_NOFOLLOW
 
 _ENOTNS: int = lib.NSLIB_ENOTNS
 _EWRONGTYPE: int = lib.NSLIB_EWRONGTYPE
@@ -182,6 +184,55 @@ def pidfd_open(pid: int) -> int:
     if fd < 0:
         fail(-1, f"pidfd_open(pid {pid})", f"/proc/{pid}")
     return fd
+
+
+def stat_mount(
+    path: bytes, *, dirfd: int = AT_FDCWD, follow: bool = True, unique: bool = False
+) -> tuple[int, int, int | None]:
+    """``(st_dev, st_ino, mount id)`` of *path* in one ``statx(2)``.
+
+    The mount id is the one the name is on: with *unique*, Linux 6.8's
+    64-bit id that is never reused (older kernels give the plain one, which
+    is reused at once); ``None`` if the kernel gives neither.  An empty
+    *path* with a *dirfd* means the fd itself.
+
+    :raises OSError: as ``os.stat`` (with the path).
+    """
+    out = ffi.new("uint64_t[4]")
+    flags = (0 if follow else AT_SYMLINK_NOFOLLOW) | (AT_EMPTY_PATH if not path else 0)
+    mask = lib.NSLIB_STATX_MNT_ID_UNIQUE if unique else lib.NSLIB_STATX_MNT_ID
+    if lib.nslib_statx_ids(dirfd, path, flags, mask, out) < 0:
+        e = ffi.errno
+        raise OSError(e, os.strerror(e), os.fsdecode(path) if path else f"fd {dirfd}")
+    return out[1], out[2], (out[3] or None)
+
+
+_listmount_ok = True
+
+
+def mounts_under(mnt_id: int) -> bytes | None:
+    """The unique ids of the mounts under mount *mnt_id* (``listmount(2)``), as raw bytes.
+
+    Meant for comparing two looks cheaply.  ``None`` where the kernel cannot
+    say (before Linux 6.8, or a seccomp filter), and from then on.
+    """
+    global _listmount_ok
+    if not _listmount_ok:
+        return None
+    chunks: list[bytes] = []
+    last = 0
+    n = 1024
+    ids = ffi.new("uint64_t[]", n)
+    while True:
+        got = lib.nslib_listmount(mnt_id, last, ids, n)
+        if got < 0:
+            if ffi.errno in (errno.ENOSYS, errno.EPERM):
+                _listmount_ok = False
+            return None
+        chunks.append(bytes(ffi.buffer(ids, got * 8)))
+        if got < n:
+            return b"".join(chunks)
+        last = ids[got - 1]
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:

@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import errno
 import logging
@@ -101,6 +100,7 @@ from inotify_simple import INotify
 from inotify_simple import flags as _in
 
 from . import _nsid
+from . import _syscalls as sys_
 from ._procfs import nsfs_dev
 from .errors import NslibError
 
@@ -140,69 +140,23 @@ _GONE = _in.DELETE_SELF | _in.MOVE_SELF | _in.IGNORED | _in.UNMOUNT
 # listmount(2), Linux 6.8) before each name is looked at (one statx each):
 # a busy host's mounts elsewhere then cost one call, not a look at every name.
 _FILTER_ABOVE = 16
-_SYS_LISTMOUNT = 458  # one number on every architecture but alpha (unified syscall table)
-_listmount_ok = True
 
 
 def _mounts_under(mnt_id: int) -> bytes | None:
     """The ids of the mounts under mount *mnt_id*, as raw bytes; None if the kernel cannot say."""
-    global _listmount_ok
-    if not _listmount_ok:
-        return None
-    chunks: list[bytes] = []
-    last = 0
-    while True:
-        req = struct.pack("=IIQQ", 24, 0, mnt_id, last)  # struct mnt_id_req, version 0
-        buf = (ctypes.c_uint64 * 1024)()
-        got = _libc.syscall(ctypes.c_long(_SYS_LISTMOUNT), req, buf, ctypes.c_size_t(1024), 0)
-        if got < 0:
-            if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
-                _listmount_ok = False  # an old kernel or a seccomp filter: look at every name
-            return None
-        chunks.append(bytes(buf)[: got * 8])
-        if got < 1024:
-            return b"".join(chunks)
-        last = buf[got - 1]
-
-
-# statx(2): one call gives the namespace's identity and the mount on the name.
-_STATX_INO = 0x100
-_STATX_MNT_ID = 0x1000
-_STATX_MNT_ID_UNIQUE = 0x4000  # Linux 6.8: never reused (the plain one is, at once)
-_STATX_SIZE = 256
-_libc = ctypes.CDLL(None, use_errno=True)
-_statx = getattr(_libc, "statx", None)
-if _statx is not None:
-    _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
-    _statx.restype = ctypes.c_int
-_AT_FDCWD = -100
+    return sys_.mounts_under(mnt_id)
 
 
 def _stat_mount(path: str) -> tuple[int, int, int | None]:
     """``(st_dev, st_ino, mount id)`` of *path* (symlinks followed); the id is None if unknown.
 
-    The mount id tells a name's mount from a later one of the same
-    namespace, so a directory event can be recognized as older than the
-    mount the name has now.
+    The mount id (Linux 6.8's unique one where the kernel has it) tells a
+    name's mount from a later one of the same namespace, so a directory
+    event can be recognized as older than the mount the name has now.
 
     :raises OSError: as ``os.stat``.
     """
-    if _statx is None:
-        st = os.stat(path)
-        return st.st_dev, st.st_ino, None
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
-    mask = _STATX_INO | _STATX_MNT_ID | _STATX_MNT_ID_UNIQUE
-    if _statx(_AT_FDCWD, os.fsencode(path), 0, mask, buf) != 0:
-        e = ctypes.get_errno()
-        if e == errno.ENOSYS:
-            st = os.stat(path)
-            return st.st_dev, st.st_ino, None
-        raise OSError(e, os.strerror(e), path)
-    (got,) = struct.unpack_from("=I", buf, 0)
-    (ino,) = struct.unpack_from("=Q", buf, 32)
-    major, minor, mnt = struct.unpack_from("=IIQ", buf, 136)
-    known = got & (_STATX_MNT_ID | _STATX_MNT_ID_UNIQUE)
-    return os.makedev(major, minor), ino, mnt if known else None
+    return sys_.stat_mount(os.fsencode(path), unique=True)
 
 
 class EventKind(enum.Enum):

@@ -516,15 +516,11 @@ def attach(name: str, pid: int | NsHandle, *, run_dir: str | None = None) -> Non
 
 
 def _mnt_id(fd: int) -> int | None:
-    """The id of the mount *fd* is on (``/proc/thread-self/fdinfo``)."""
+    """The id of the mount *fd* is on (one ``statx``; ``None`` if the kernel does not say)."""
     try:
-        with open(f"/proc/thread-self/fdinfo/{fd}", "rb") as f:
-            for line in f:
-                if line.startswith(b"mnt_id:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
+        return sys_.stat_mount(b"", dirfd=fd)[2]
+    except OSError:
+        return None
 
 
 def _kind(mode: int) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from helpers import thread_ns
@@ -245,6 +247,50 @@ def test_pidfd_errors_are_typed() -> None:
         assert info.value.errno == errno.EBADF
     finally:
         os.close(pidfd)
+
+
+def _fdinfo_mnt_id(fd: int) -> int:
+    with open(f"/proc/thread-self/fdinfo/{fd}", "rb") as f:
+        return int(next(line for line in f if line.startswith(b"mnt_id:")).split()[1])
+
+
+def test_stat_mount_is_stat_plus_the_mount_id(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        dev, ino, mnt = sys_.stat_mount(os.fsencode(tmp_path))
+        st = os.stat(tmp_path)
+        assert (dev, ino) == (st.st_dev, st.st_ino)
+        assert mnt == _fdinfo_mnt_id(fd)
+        assert sys_.stat_mount(b"", dirfd=fd) == (dev, ino, mnt)
+    finally:
+        os.close(fd)
+    link = tmp_path / "link"
+    link.symlink_to("nowhere\udcff")
+    with pytest.raises(FileNotFoundError):
+        sys_.stat_mount(os.fsencode(link))
+    assert sys_.stat_mount(os.fsencode(link), follow=False)[1] == os.lstat(link).st_ino
+
+
+@pytest.mark.root
+def test_mounts_under_lists_exactly_the_child_mounts(tmp_path: Path) -> None:
+    top, child = tmp_path / "top", tmp_path / "top" / "child"
+    top.mkdir()
+    sys_.mount(b"nslib-test", os.fsencode(top), b"tmpfs", 0, "tmpfs on top")
+    try:
+        top_id = sys_.stat_mount(os.fsencode(top), unique=True)[2]
+        assert top_id is not None
+        assert sys_.mounts_under(top_id) == b""
+        child.mkdir()
+        sys_.mount(b"nslib-test", os.fsencode(child), b"tmpfs", 0, "tmpfs on child")
+        try:
+            child_id = sys_.stat_mount(os.fsencode(child), unique=True)[2]
+            assert child_id is not None and child_id != top_id
+            assert sys_.mounts_under(top_id) == child_id.to_bytes(8, sys.byteorder)
+        finally:
+            sys_.umount2(os.fsencode(child), 0, "child")
+        assert sys_.mounts_under(top_id) == b""
+    finally:
+        sys_.umount2(os.fsencode(top), 0, "top")
 
 
 def _header_names() -> tuple[set[str], set[str]]:
