@@ -86,12 +86,6 @@ class StartStamps:
                 raise RuntimeError(f"no start event for {cid[:12]}")
             return self.stamps[cid]
 
-    def delivery(self, ids: list[str], timeout: float = 10.0) -> list[float]:
-        """Seconds from each container's start to its event's arrival here."""
-        for cid in ids:
-            self.get(cid, timeout)
-        return [(self.arrivals[c] - self.stamps[c]) / 1e9 for c in ids]
-
     def close(self) -> None:
         self._stream.close()
         self._thread.join(5)
@@ -322,6 +316,12 @@ class RawStarts:
             if not self._cond.wait_for(lambda: cid in self.stamps, timeout):
                 raise RuntimeError(f"no start event for {cid[:12]}")
             return self.stamps[cid]
+
+    def delivery(self, ids: list[str], timeout: float = 10.0) -> list[float]:
+        """Seconds from each container's start to its event's arrival here."""
+        for cid in ids:
+            self.get(cid, timeout)
+        return [(self.arrivals[c] - self.stamps[c]) / 1e9 for c in ids]
 
     def close(self) -> None:
         self._stream.close()
