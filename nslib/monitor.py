@@ -675,13 +675,7 @@ class NamespaceMonitor:
             return  # its mount was seen going
         if time.monotonic() - seen > _UNSEEN_WINDOW:
             return  # a placeholder that sat there: removing it is no namespace going
-        if self._gen == since and self._mounts_moved():
-            self._gen += 1
-            self._remount = True
-        if self._gen > since:
-            path = os.path.join(d.path, name)
-            out.append(NamespaceEvent(EventKind.ADDED, name, path, d.path, None))
-            out.append(NamespaceEvent(EventKind.DELETED, name, path, d.path, None))
+        self._came_and_went(d, name, out, since)
 
     def _on_mounts(self, out: list[NamespaceEvent]) -> None:
         changes: list[tuple[_Dir, str]] = []
