@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +34,21 @@ def missing(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true and {reason}: this test must run in CI", pytrace=False)
     pytest.skip(reason)
+
+
+def disarm_timer() -> None:
+    """Turn the SIGALRM interrupt timer off, however often it still fires.
+
+    A timer that already fired has a handler pending: it raises at the next
+    check, possibly in here; loop until the timer is off and quiet.
+    """
+    while True:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            time.sleep(0)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 # -- accounting -------------------------------------------------------------

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import mounts_under, open_fds, thread_ns
+from helpers import disarm_timer, mounts_under, open_fds, thread_ns
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,18 +49,6 @@ FLOOD_BUDGET = 6.0  # seconds per flood, whatever the machine
 def ns() -> Iterator[NsHandle]:
     with NsHandle.new() as h:
         yield h
-
-
-def _disarm() -> None:
-    # A timer that already fired has a handler pending: it raises at the
-    # next check, possibly in here; loop until the timer is off and quiet.
-    while True:
-        try:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            time.sleep(0)
-            return
-        except KeyboardInterrupt:
-            continue
 
 
 def flood(
@@ -95,14 +83,14 @@ def flood(
                 try:
                     signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, max_delay))
                     op()
-                    _disarm()
+                    disarm_timer()
                 except KeyboardInterrupt:
                     hit += 1
-                _disarm()
+                disarm_timer()
                 after()
             gc.collect()
     finally:
-        _disarm()
+        disarm_timer()
         signal.signal(signal.SIGALRM, old)
         sys.unraisablehook = old_hook
     others = [e for e in swallowed if not isinstance(e, KeyboardInterrupt)]
@@ -417,15 +405,7 @@ def test_several_threads_interrupting_nothing_strands(ns: NsHandle, baseline: se
 _PROCESS_FLOOD = r"""
 import json, os, random, signal, time
 import nslib
-
-def disarm():
-    while True:
-        try:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            time.sleep(0)
-            return
-        except KeyboardInterrupt:
-            continue
+from helpers import disarm_timer
 
 signal.signal(signal.SIGALRM, signal.default_int_handler)
 rng = random.Random(0x5EED)
@@ -437,10 +417,10 @@ with nslib.NsHandle.new() as ns:
         try:
             signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-5, 6e-3))
             nslib.run(ns, ["/bin/true"], etc=runs % 2 == 0)
-            disarm()
+            disarm_timer()
         except KeyboardInterrupt:
             hits += 1
-        disarm()
+        disarm_timer()
 children = []
 for tid in os.listdir(f"/proc/{os.getpid()}/task"):
     with open(f"/proc/{os.getpid()}/task/{tid}/children", "rb") as f:
@@ -457,6 +437,7 @@ def test_flood_process_run_reaps_and_never_hangs() -> None:
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _PROCESS_FLOOD],
+            env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__))),
             capture_output=True,
             text=True,
             errors="backslashreplace",
