@@ -427,6 +427,8 @@ class TrackerHealth:
     """Exceptions raised by callbacks (each logged, none stops delivery)."""
     process_exits: int = 0
     """Stops seen first through a container process's pidfd (before any daemon event)."""
+    starts_without_inspect: int = 0
+    """Starts applied from what the source knew (see ``Source.started``), without an inspect."""
 
 
 # ----------------------------------------------------------------------------
@@ -619,6 +621,7 @@ class _Counters:
     resyncs: int = 0
     callback_errors: int = 0
     process_exits: int = 0
+    starts_without_inspect: int = 0
 
 
 @dataclass(slots=True)
@@ -926,6 +929,7 @@ class MicroserviceTracker:
                 resyncs=c.resyncs,
                 callback_errors=c.callback_errors,
                 process_exits=c.process_exits,
+                starts_without_inspect=c.starts_without_inspect,
             )
 
     # -- subscriptions --------------------------------------------------------
@@ -1293,6 +1297,9 @@ class MicroserviceTracker:
         if not gone:
             if self._stopping.is_set():
                 return True
+            if events[-1].action in src.start_actions:
+                st = self._started(events[-1])
+        if not gone and st is None:
             try:
                 st = src.inspect(cid)
             except SourceNotFound:
@@ -1312,6 +1319,27 @@ class MicroserviceTracker:
             self._publish(changes, cause)
         self._watch_one(cid, ms)
         return True
+
+    def _started(self, ev: SourceEvent) -> ContainerState | None:
+        """The source's own answer for a start (see ``Source.started``), if it holds."""
+        try:
+            st = self._source.started(ev)
+        except Exception:  # the inspect after it is the answer
+            _log.debug("%s: no quick state for %r", self._source.name, ev.container_id[:64])
+            return None
+        if st is None or st.container_id != ev.container_id or not st.running or st.pid <= 0:
+            return None
+        # The PID must be this container's process now: not one that ended
+        # (the inspect will tell) and not a stranger that reused the number.
+        try:
+            cgroup = _read_at(_AT_FDCWD, f"/proc/{st.pid}/cgroup")
+        except OSError:
+            return None
+        if not _names_container(cgroup, ev.container_id):
+            return None
+        with self._lock:
+            self._counters.starts_without_inspect += 1
+        return st
 
     def _resync(self, generation: int) -> bool:
         key = self._label_key if self._label_env is None else None

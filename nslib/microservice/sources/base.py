@@ -66,11 +66,16 @@ class ContainerState:
 
 @dataclass(frozen=True, slots=True)
 class SourceEvent:
-    """One container event: when (runtime clock, ns; None if unknown), which, what."""
+    """One container event: when (runtime clock, ns; None if unknown), which, what.
+
+    ``pid`` is the container's process when the event itself says so
+    (containerd's ``/tasks/start``), else 0.
+    """
 
     time_ns: int | None
     container_id: str
     action: str
+    pid: int = 0
 
 
 class EventStream(abc.ABC):
@@ -116,6 +121,9 @@ class Source(abc.ABC):
     #: drops it without an :meth:`inspect` (unless another event for the same
     #: ID, e.g. a new container of the same name, waits behind it).
     gone_actions: frozenset[str] = frozenset({"destroy", "remove"})
+    #: Event actions that start a run: for the newest event of a container
+    #: being one of these, the tracker first asks :meth:`started`.
+    start_actions: frozenset[str] = frozenset({"start"})
 
     _closed: bool = False
 
@@ -153,6 +161,22 @@ class Source(abc.ABC):
         :raises SourceNotFound: it does not exist.
         :raises Exception: anything else: state unknown (the tracker resyncs).
         """
+
+    def started(self, event: SourceEvent) -> ContainerState | None:
+        """The state of the container *event* just started, if known without asking.
+
+        *event* is one of :attr:`start_actions`.  A start is the one event
+        whose delay users see, and no runtime's start event but containerd's
+        carries the process: a source that can learn it locally
+        (from the event, or a file the runtime wrote before sending it) and
+        knows the rest from an earlier look saves the :meth:`inspect` round
+        trip, which a busy daemon answers slowly.  The answer must be what
+        :meth:`inspect` would say at that moment, field for field (a later
+        resync must see the same run).  The tracker uses it only if the
+        process runs and its cgroup names the container; otherwise, and when
+        this returns None (the default) or raises, it inspects.
+        """
+        return None
 
     @abc.abstractmethod
     def list_running(self, label_key: str | None) -> list[str]:
