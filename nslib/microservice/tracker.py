@@ -1298,7 +1298,7 @@ class MicroserviceTracker:
             if self._stopping.is_set():
                 return True
             if events[-1].action in src.start_actions:
-                st = self._started(events[-1])
+                st = self._quick_start(events[-1])
         if not gone and st is None:
             try:
                 st = src.inspect(cid)
@@ -1320,7 +1320,7 @@ class MicroserviceTracker:
         self._watch_one(cid, ms)
         return True
 
-    def _started(self, ev: SourceEvent) -> ContainerState | None:
+    def _quick_start(self, ev: SourceEvent) -> ContainerState | None:
         """The source's own answer for a start (see ``Source.started``), if it holds."""
         try:
             st = self._source.started(ev)
