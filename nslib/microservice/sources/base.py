@@ -10,6 +10,7 @@ and CONFLICT mean the same whatever the source.
 from __future__ import annotations
 
 import abc
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ __all__ = [
     "SourceEvent",
     "SourceNotFound",
     "SourceUnavailable",
+    "process_start_ns",
 ]
 
 HEX_ID: Final = re.compile(r"[0-9a-f]{12,64}")
@@ -29,6 +31,43 @@ HEX_ID: Final = re.compile(r"[0-9a-f]{12,64}")
 
 CONTAINERD_ID: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,74}[A-Za-z0-9])?")
 """containerd's identifier rule (``identifiers.Validate``): 76 characters at most."""
+
+
+_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+_btime_ns: int | None = None
+
+
+def _boot_time_ns() -> int:
+    global _btime_ns
+    if _btime_ns is None:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    _btime_ns = int(line.split()[1]) * 1_000_000_000
+                    break
+            else:
+                _btime_ns = 0
+    return _btime_ns
+
+
+def process_start_ns(pid: int) -> int:
+    """When process *pid* started (ns since the epoch, to the clock tick), or 0 if gone.
+
+    For runtimes that keep no start time (containerd), or keep one that only
+    an inspect can read: the process's own is stable for its whole life,
+    which is all the tracker's identity of a run needs.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    fields = stat.rpartition(b")")[2].split()
+    try:
+        ticks = int(fields[19])  # field 22 of proc(5), counted after "(comm)"
+    except (IndexError, ValueError):
+        return 0
+    return _boot_time_ns() + ticks * 1_000_000_000 // _CLK_TCK
 
 
 class SourceUnavailable(Exception):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -18,7 +17,15 @@ from ._containerd_api import (
     TASKS_LIST,
     M,
 )
-from .base import CONTAINERD_ID, ContainerState, EventStream, Source, SourceEvent, SourceNotFound
+from .base import (
+    CONTAINERD_ID,
+    ContainerState,
+    EventStream,
+    Source,
+    SourceEvent,
+    SourceNotFound,
+    process_start_ns,
+)
 
 __all__ = ["DEFAULT_CONTAINERD_ADDRESS", "KIND_LABEL", "POD_LABELS", "ContainerdSource"]
 
@@ -50,42 +57,6 @@ def _grpc() -> Any:
     except ImportError as e:
         raise ImportError(_INSTALL_HINT) from e
     return grpc
-
-
-_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
-_btime_ns: int | None = None
-
-
-def _boot_time_ns() -> int:
-    global _btime_ns
-    if _btime_ns is None:
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime "):
-                    _btime_ns = int(line.split()[1]) * 1_000_000_000
-                    break
-            else:
-                _btime_ns = 0
-    return _btime_ns
-
-
-def process_start_ns(pid: int) -> int:
-    """When process *pid* started (ns since the epoch, to the clock tick), or 0 if gone.
-
-    containerd keeps no start time for a task; the process's own is stable
-    for its whole life, which is all the tracker's identity of a run needs.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return 0
-    fields = stat.rpartition(b")")[2].split()
-    try:
-        ticks = int(fields[19])  # field 22 of proc(5), counted after "(comm)"
-    except (IndexError, ValueError):
-        return 0
-    return _boot_time_ns() + ticks * 1_000_000_000 // _CLK_TCK
 
 
 def _ts_ns(ts: Any) -> int:
