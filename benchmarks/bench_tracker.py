@@ -531,7 +531,7 @@ def docker_stop_detection(rt: _Docker, tag: str, n: int) -> tuple[list[float], l
 def docker_open_namespace(rt: _Docker, tag: str) -> tuple[float, float]:
     """Seconds per ``open_namespace()`` + close: via the pidfd ioctl, and via ``/proc``."""
     from benchmarks._harness import per_op
-    from nslib.microservice import tracker as tr
+    from nslib.microservice import model as tr
 
     cid = rt.start(f"{tag}-ns", f"{tag}-ns")
     t = _tracker(rt)

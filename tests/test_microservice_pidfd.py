@@ -22,7 +22,7 @@ from helpers import missing
 
 from nslib.errors import UnavailableMicroserviceError
 from nslib.microservice import Microservice
-from nslib.microservice import tracker as tr
+from nslib.microservice import model as tr
 
 pytestmark = pytest.mark.root
 

@@ -6,14 +6,9 @@ See :class:`MicroserviceTracker`; the runtimes are in :mod:`nslib.microservice.s
 from __future__ import annotations
 
 from .._docker_state import EventKind
+from .model import Microservice, MicroserviceEvent, TrackerHealth
 from .sources import ContainerState, DockerSource, Source, SourceEvent
-from .tracker import (
-    DEFAULT_LABEL_ENV,
-    Microservice,
-    MicroserviceEvent,
-    MicroserviceTracker,
-    TrackerHealth,
-)
+from .tracker import DEFAULT_LABEL_ENV, MicroserviceTracker
 
 __all__ = [
     "DEFAULT_LABEL_ENV",

@@ -33,7 +33,11 @@ How it stays right (each point answers a measured behaviour of dockerd):
   triggers an ``inspect`` of its container, and the answer is the truth:
   late, duplicated (dropped by ``(timeNano, id, action)``) and reordered
   events are harmless, and ``kill``, crashes, self-exits and ``rm -f``
-  (which send ``die`` but no ``stop``) are all seen.
+  (which send ``die`` but no ``stop``) are all seen.  The one exception is
+  a start, whose delay users wait for: a source that knows the new run's
+  state without asking (see
+  :meth:`~nslib.microservice.Source.started`) answers it, and the
+  tracker checks that the process runs in the container's cgroup first.
 * **Never gives up.**  Any end of the stream other than :meth:`MicroserviceTracker.stop` is a
   disconnect: reconnect with backoff (0.1 s doubling to 2 s), replay with
   ``since`` where the runtime keeps history, and resync.  A missing daemon at start is not an error.
@@ -49,34 +53,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import logging
-import os
 import queue
-import re
-import select
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-from .. import _syscalls as sys_
 from .._docker_state import Change, EventKind, LabelTable, label_from
 from ..errors import (
     DockerUnavailableError,
-    NamespaceNotFound,
-    SharedNamespaceError,
     UnavailableMicroserviceError,
 )
-from ..handle import NsHandle
+from ._exits import Exited, ExitWatcher
+from .model import Microservice, MicroserviceEvent, TrackerHealth, runs_in_container
 from .sources.base import (
-    CONTAINERD_ID,
-    HEX_ID,
     ContainerState,
     EventStream,
     Source,
@@ -85,14 +79,7 @@ from .sources.base import (
 )
 from .sources.docker import DockerSource
 
-__all__ = [
-    "DEFAULT_LABEL_ENV",
-    "EventKind",
-    "Microservice",
-    "MicroserviceEvent",
-    "MicroserviceTracker",
-    "TrackerHealth",
-]
+__all__ = ["DEFAULT_LABEL_ENV", "MicroserviceTracker"]
 
 _log = logging.getLogger("nslib.microservice")
 
@@ -108,327 +95,6 @@ _DEDUPE_SIZE = 4096
 # the others' (a runtime can take long to answer about a container it is
 # stopping or removing).
 _WORKERS = 4
-
-
-def _stat_id(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-# The fallback for the host's namespace (see _host_ns_id): the process's own
-# (its main thread's) namespace when this module was first imported, i.e.
-# before the program had any chance to switch its main thread elsewhere.
-_HOME_NS_AT_IMPORT = _stat_id("/proc/self/ns/net")
-
-
-def _host_ns_id() -> tuple[int, int] | None:
-    """``(dev, ino)`` of the host's network namespace, as well as can be known.
-
-    PID 1's namespace when it can be read (in the host's PID namespace, that
-    is the host's).  PID 1's namespaces may be unreadable even to root (some
-    sandboxes); then the process's own namespace as captured at import, which
-    is right for a tracker running on the host network as documented, and
-    unaffected by any thread entering a namespace later.  Never the calling
-    thread's or the main thread's current namespace: either may be a
-    container's at the time of the call.
-    """
-    return _stat_id("/proc/1/ns/net") or _HOME_NS_AT_IMPORT
-
-
-def _ns_to_datetime(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
-        microsecond=(ns % 1_000_000_000) // 1000
-    )
-
-
-# ----------------------------------------------------------------------------
-# Public value types
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Microservice:
-    """One running container holding a microservice label (one *run* of it).
-
-    A restarted container keeps its ``container_id`` but gets a new ``pid``,
-    ``started_at_ns`` and namespace, so a ``Microservice`` is stale after a
-    restart; :meth:`open_namespace` notices and refuses.
-
-    ``network_mode`` is docker's ``HostConfig.NetworkMode``: ``"none"``,
-    ``"default"``/``"bridge"`` or a network name mean the container has a
-    namespace of its own.  ``"host"`` means its namespace *is* the host's,
-    and ``"container:<id>"`` means it shares another container's; see
-    :meth:`open_namespace` for what nslib does then.
-    """
-
-    label: str
-    container_id: str
-    name: str
-    pid: int
-    created_ns: int
-    """``Created`` in nanoseconds since the epoch (full precision)."""
-    started_at_ns: int
-    """``State.StartedAt`` of this run, in nanoseconds since the epoch."""
-    network_mode: str = "default"
-    source: str = "docker"
-    """The runtime it comes from: ``docker``, ``podman`` or ``containerd:<namespace>``."""
-    pod: str | None = None
-    """The pod it belongs to (podman pod ID, or ``<namespace>/<name>`` of a Kubernetes pod)."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.label, str) or not self.label:
-            raise ValueError(f"label must be a non-empty str, not {self.label!r}")
-        id_re = CONTAINERD_ID if self.source.startswith("containerd") else HEX_ID
-        if not isinstance(self.container_id, str) or not id_re.fullmatch(self.container_id):
-            raise ValueError(f"container_id must be a container ID, not {self.container_id!r}")
-        if isinstance(self.pid, bool) or not isinstance(self.pid, int) or self.pid <= 0:
-            raise ValueError(f"pid must be a positive int, not {self.pid!r}")
-
-    @property
-    def created(self) -> datetime:
-        """``Created`` as an aware UTC datetime (microseconds; see ``created_ns``)."""
-        return _ns_to_datetime(self.created_ns)
-
-    @property
-    def started_at(self) -> datetime:
-        """``StartedAt`` as an aware UTC datetime (see ``started_at_ns``)."""
-        return _ns_to_datetime(self.started_at_ns)
-
-    @property
-    def shares_network(self) -> bool:
-        """True for ``--network host`` and ``--network container:X``."""
-        return self.network_mode == "host" or self.network_mode.startswith("container:")
-
-    @property
-    def network_container(self) -> str | None:
-        """For ``--network container:X``, the ID (or name) of X; else None."""
-        if self.network_mode.startswith("container:"):
-            return self.network_mode.partition(":")[2]
-        return None
-
-    def open_namespace(self, *, allow_shared: bool = False) -> NsHandle:
-        """Open this container's network namespace; never someone else's.
-
-        The process is pinned by a pidfd; its ``cgroup`` must name the
-        container, and the namespace comes from the pidfd itself
-        (``ioctl(PIDFD_GET_NET_NAMESPACE)``, Linux 6.11+), so a PID reused
-        at any point can never hand out another process's namespace.  On
-        older kernels the process is pinned by a ``/proc/<pid>`` directory
-        fd instead, and ``cgroup`` and ``ns/net`` are read through it (the
-        fd gives ESRCH once the process exits).
-
-        Shared namespaces:
-
-        * ``--network host``: the namespace is the host's, and configuring
-          "the microservice's namespace" would silently configure the host,
-          so this raises unless *allow_shared* is true.
-        * ``--network container:X``: the namespace is X's, which is where the
-          microservice's traffic lives; it is returned (see
-          :attr:`shares_network`).
-        * As a last guard, the host's namespace is refused unless
-          *allow_shared* (e.g. ``container:X`` with X on the host network).
-          "The host's" is PID 1's namespace, or, where that cannot be read,
-          this process's own as it was when :mod:`nslib.microservice` was
-          first imported; what any thread has entered since does not matter.
-
-        The check needs the container's ID in ``/proc/<pid>/cgroup`` as this
-        process sees it (cgroupfs ``/…/<id>`` and systemd ``docker-<id>.scope``
-        both qualify); a tracker inside its own cgroup namespace may not see
-        it, and then this refuses.
-
-        :raises SharedNamespaceError: the namespace is the host's and
-            *allow_shared* is false (an :class:`UnavailableMicroserviceError`).
-        :raises UnavailableMicroserviceError: the process is gone, or belongs
-            to another container or to none (a reused PID).
-        :raises OSError: any other failure (e.g. ``PermissionError``).
-        """
-        what = f"microservice {self.label!r} (container {self.container_id[:12]}, pid {self.pid})"
-        if self.network_mode == "host" and not allow_shared:
-            raise SharedNamespaceError(
-                f"{what} runs with --network host: its namespace is the host's; "
-                "pass allow_shared=True to open it anyway"
-            )
-        fd = _netns_by_pidfd(self.pid, self.container_id, what)
-        if fd is None:
-            fd = _netns_by_proc(self.pid, self.container_id, what)
-        handle = NsHandle._adopt(fd, what)
-        if not allow_shared and self.network_mode != "host":
-            try:
-                # The host's namespace, not /proc/self's: that is the main
-                # thread's *current* one, which may be a container's (the main
-                # thread inside nslib.entered()), which would wrongly refuse
-                # that container and let the host's through.
-                same = handle.ns_id == _host_ns_id()
-            except BaseException:
-                handle.close()
-                raise
-            if same:
-                handle.close()
-                raise SharedNamespaceError(
-                    f"{what}: its namespace is the host's (shared network, "
-                    f"mode {self.network_mode!r}); pass allow_shared=True to open it anyway"
-                )
-        return handle
-
-
-# linux/pidfd.h (6.11+): PIDFD_GET_NET_NAMESPACE = _IO(PIDFS_IOCTL_MAGIC 0xFF, 4).
-# Debian 12's kernel headers (6.1) do not have it; the tests check that it
-# returns exactly /proc/<pid>/ns/net.
-PIDFD_GET_NET_NAMESPACE: Final = 0xFF04
-_pidfd_ns_works = True  # cleared for good on a kernel without the ioctl
-
-
-_AT_FDCWD: Final = -100
-
-
-def _readable(fd: int) -> bool:
-    p = select.poll()
-    p.register(fd, select.POLLIN)
-    return bool(p.poll(0))
-
-
-def _exited(what: str) -> UnavailableMicroserviceError:
-    return UnavailableMicroserviceError(f"{what}: the process has exited")
-
-
-def _netns_by_pidfd(pid: int, container_id: str, what: str) -> int | None:
-    """The namespace fd via a checked pidfd, or None where pidfds cannot do it."""
-    global _pidfd_ns_works
-    if not _pidfd_ns_works:
-        return None
-    try:
-        pidfd = sys_.pidfd_open(pid)
-    except NamespaceNotFound:
-        raise _exited(what) from None
-    except OSError:
-        return None  # no pidfds here (an old kernel, a seccomp filter)
-    try:
-        try:
-            cgroup = _read_at(_AT_FDCWD, f"/proc/{pid}/cgroup")
-        except (FileNotFoundError, ProcessLookupError):
-            raise _exited(what) from None
-        # The pidfd is still not readable: the process read above was the
-        # pinned one, not a later holder of the PID.
-        if _readable(pidfd):
-            raise _exited(what)
-        if not _names_container(cgroup, container_id):
-            raise UnavailableMicroserviceError(
-                f"{what}: process {pid} is not in the container's cgroup "
-                "(the container stopped and its PID was reused?)"
-            )
-        try:
-            fd: int = fcntl.ioctl(pidfd, PIDFD_GET_NET_NAMESPACE)
-        except ProcessLookupError:
-            raise _exited(what) from None
-        except OSError as e:
-            if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
-                _pidfd_ns_works = False  # before 6.11: /proc it is
-                return None
-            raise
-        return fd
-    finally:
-        os.close(pidfd)
-
-
-def _netns_by_proc(pid: int, container_id: str, what: str) -> int:
-    """The namespace fd through a ``/proc/<pid>`` directory fd (kernels before 6.11)."""
-    try:
-        dfd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError):
-        raise _exited(what) from None
-    try:
-        try:
-            cgroup = _read_at(dfd, "cgroup")
-        except (FileNotFoundError, ProcessLookupError):
-            raise _exited(what) from None
-        if not _names_container(cgroup, container_id):
-            raise UnavailableMicroserviceError(
-                f"{what}: process {pid} is not in the container's cgroup "
-                "(the container stopped and its PID was reused?)"
-            )
-        try:
-            return sys_.open_netns(b"ns/net", what, dirfd=dfd)
-        except NamespaceNotFound:
-            raise _exited(what) from None
-    finally:
-        os.close(dfd)
-
-
-def _read_at(dfd: int, name: str) -> str:
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=None if dfd == _AT_FDCWD else dfd)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode(errors="replace")
-
-
-# The runtimes' cgroup names for a container: "<id>" (cgroupfs: docker,
-# containerd's ctr, Kubernetes), "<runtime>-<id>.scope" (systemd driver),
-# "libpod-<id>" (podman with cgroupfs).
-_CGROUP_PREFIXES = r"(?:docker-|libpod-|cri-containerd-|crio-|containerd-)?"
-
-
-def _names_container(cgroup: str, container_id: str) -> bool:
-    # A whole path component must name the ID, never a part of one (a
-    # containerd ID "web" must not match the cgroup of a container "x-web").
-    pat = re.compile(rf"{_CGROUP_PREFIXES}{re.escape(container_id)}(?:\.scope)?")
-    for line in cgroup.splitlines():
-        path = line.split(":", 2)[-1]
-        if any(pat.fullmatch(part) for part in path.split("/")):
-            return True
-    return False
-
-
-@dataclass(frozen=True, slots=True)
-class MicroserviceEvent:
-    """A change of a label, delivered to :meth:`MicroserviceTracker.subscribe` callbacks.
-
-    ``microservice`` is the new holder (STARTED, RESTARTED, CONFLICT) or the
-    one that stopped (STOPPED).  For CONFLICT, ``claimants`` lists every
-    running claimant, winner first.  ``daemon_time_ns`` is the ``timeNano``
-    of the daemon event whose processing found the change, or None when a
-    resync found it.
-    """
-
-    kind: EventKind
-    label: str
-    microservice: Microservice
-    claimants: tuple[Microservice, ...] = ()
-    daemon_time_ns: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TrackerHealth:
-    """A snapshot of :meth:`MicroserviceTracker.health`."""
-
-    started: bool
-    stopped: bool
-    connected: bool
-    """An event stream is open."""
-    in_sync: bool
-    """Connected, and the resync after the last (re)connection finished."""
-    synced_once: bool
-    last_error: str | None
-    """The most recent problem, kept after recovery (see ``last_error_time``)."""
-    last_error_time: float | None
-    reconnects: int
-    """Successful subscriptions after the first."""
-    last_event_time: float | None
-    """``timeNano`` (as Unix seconds) of the newest daemon event received."""
-    events_received: int
-    duplicates_dropped: int
-    resyncs: int
-    callback_errors: int
-    """Exceptions raised by callbacks (each logged, none stops delivery)."""
-    process_exits: int = 0
-    """Stops seen first through a container process's pidfd (before any daemon event)."""
-    starts_without_inspect: int = 0
-    """Starts applied from what the source knew (see ``Source.started``), without an inspect."""
 
 
 # ----------------------------------------------------------------------------
@@ -460,139 +126,6 @@ class _Key:
 
     container_id: str
     items: list[object]
-
-
-@dataclass(frozen=True, slots=True)
-class _Exited:
-    """The process of a tracked run ended (its pidfd became readable)."""
-
-    container_id: str
-    pid: int
-    time_ns: int
-
-
-class _ExitWatcher:
-    """Watches the processes of the tracked runs through pidfds (one epoll thread).
-
-    A process's end is known the moment it happens, from the kernel, even
-    when the runtime's daemon is down or wedged and sends no event.
-    """
-
-    def __init__(self, on_exit: Callable[[_Exited], None]) -> None:
-        self._on_exit = on_exit
-        self._ep = select.epoll()
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._ep.register(self._wake_r, select.EPOLLIN)
-        self._lock = threading.Lock()
-        self._by_key: dict[tuple[str, int], int] = {}  # (cid, pid) -> pidfd
-        self._by_fd: dict[int, tuple[str, int]] = {}
-        self._pid_of: dict[str, int] = {}  # cid -> its watched pid (one run each)
-        self._closed = False
-        self.thread = threading.Thread(target=self._main, name="nslib-ms-pidfd", daemon=True)
-
-    def track(self, runs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
-        """Watch exactly *runs* (``(container ID, pid)``); return those already gone."""
-        want = set(runs)
-        gone: list[tuple[str, int]] = []
-        with self._lock:
-            if self._closed:
-                return []
-            for key in [k for k in self._by_key if k not in want]:
-                self._drop(key)
-            for key in want - self._by_key.keys():
-                self._add(key, gone)
-        return gone
-
-    def update(self, runs: Mapping[str, int | None]) -> list[tuple[str, int]]:
-        """For each container in *runs*, watch exactly its run with that pid (None: none).
-
-        The others stay as they are; returns the runs already gone.
-        """
-        gone: list[tuple[str, int]] = []
-        with self._lock:
-            if self._closed:
-                return []
-            for cid, pid in runs.items():
-                old = self._pid_of.get(cid)
-                if old is not None and old != pid:
-                    self._drop((cid, old))
-                if pid is not None and old != pid:
-                    self._add((cid, pid), gone)
-        return gone
-
-    def _add(self, key: tuple[str, int], gone: list[tuple[str, int]]) -> None:
-        try:
-            fd = sys_.pidfd_open(key[1])
-        except NamespaceNotFound:
-            gone.append(key)
-            return
-        except OSError:
-            return  # no pidfds here: the daemon's events still tell
-        # The PID may have been reused between the runtime's answer and
-        # pidfd_open: the process must be the container's.
-        try:
-            with open(f"/proc/{key[1]}/cgroup", "rb") as f:
-                mine = _names_container(f.read().decode(errors="replace"), key[0])
-        except OSError:
-            mine = False
-        if not mine:
-            os.close(fd)
-            gone.append(key)
-            return
-        old = self._pid_of.get(key[0])
-        if old is not None:  # one run per container: a newer one replaces it
-            self._drop((key[0], old))
-        self._by_key[key] = fd
-        self._by_fd[fd] = key
-        self._pid_of[key[0]] = key[1]
-        self._ep.register(fd, select.EPOLLIN)
-
-    def _drop(self, key: tuple[str, int]) -> None:
-        fd = self._by_key.pop(key)
-        del self._by_fd[fd]
-        if self._pid_of.get(key[0]) == key[1]:
-            del self._pid_of[key[0]]
-        with contextlib.suppress(OSError):
-            self._ep.unregister(fd)
-        os.close(fd)
-
-    def _main(self) -> None:
-        while True:
-            try:
-                ready = self._ep.poll()
-            except InterruptedError:
-                continue
-            except (OSError, ValueError):  # closed under us
-                return
-            exited: list[_Exited] = []
-            with self._lock:
-                if self._closed:
-                    return
-                for fd, _mask in ready:
-                    key = self._by_fd.get(fd)
-                    if key is not None:
-                        self._drop(key)
-                        exited.append(_Exited(key[0], key[1], time.time_ns()))
-            for ev in exited:
-                self._on_exit(ev)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for key in list(self._by_key):
-                self._drop(key)
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(_JOIN_TIMEOUT)
-        self._ep.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
 
 
 @dataclass(slots=True)
@@ -731,7 +264,7 @@ class MicroserviceTracker:
         self._threads: list[threading.Thread] = []
         self._dispatcher: threading.Thread | None = None
         self._watch_processes = watch_processes
-        self._watcher: _ExitWatcher | None = None
+        self._watcher: ExitWatcher | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -759,7 +292,7 @@ class MicroserviceTracker:
             threading.Thread(target=self._reader_main, name="nslib-ms-reader", daemon=True),
         ]
         if self._watch_processes:
-            self._watcher = _ExitWatcher(self._post)
+            self._watcher = ExitWatcher(self._post)
             self._watcher.start()
         for t in self._threads:
             t.start()
@@ -1184,7 +717,7 @@ class MicroserviceTracker:
                     if len(seen) > _DEDUPE_SIZE:
                         seen.popitem(last=False)
                     cid = item.container_id
-                elif isinstance(item, _Exited):
+                elif isinstance(item, Exited):
                     cid = item.container_id
                 else:
                     continue  # _STOP: the loop's check ends it
@@ -1232,7 +765,7 @@ class MicroserviceTracker:
             if events:
                 ok = self._apply_events(cid, events) and ok
                 events = []
-            assert isinstance(item, _Exited)
+            assert isinstance(item, Exited)
             self._apply_exit(item)
         if events:
             ok = self._apply_events(cid, events) and ok
@@ -1331,11 +864,7 @@ class MicroserviceTracker:
             return None
         # The PID must be this container's process now: not one that ended
         # (the inspect will tell) and not a stranger that reused the number.
-        try:
-            cgroup = _read_at(_AT_FDCWD, f"/proc/{st.pid}/cgroup")
-        except OSError:
-            return None
-        if not _names_container(cgroup, ev.container_id):
+        if not runs_in_container(st.pid, ev.container_id):
             return None
         with self._lock:
             self._counters.starts_without_inspect += 1
@@ -1378,7 +907,7 @@ class MicroserviceTracker:
             runs = [(ms.container_id, ms.pid) for ms in self._table.instances()]
         now = time.time_ns()
         for cid, pid in self._watcher.track(runs):
-            self._post(_Exited(cid, pid, now))
+            self._post(Exited(cid, pid, now))
 
     def _watch_one(self, cid: str, ms: Microservice | None) -> None:
         """Make the pidfd watcher follow container *cid*'s run in the table, if any."""
@@ -1386,9 +915,9 @@ class MicroserviceTracker:
             return
         now = time.time_ns()
         for gone_cid, pid in self._watcher.update({cid: None if ms is None else ms.pid}):
-            self._post(_Exited(gone_cid, pid, now))
+            self._post(Exited(gone_cid, pid, now))
 
-    def _apply_exit(self, ex: _Exited) -> None:
+    def _apply_exit(self, ex: Exited) -> None:
         """A tracked process ended: that run is over, whatever the daemon says (or not)."""
         with self._lock:
             if self._stopping.is_set():
