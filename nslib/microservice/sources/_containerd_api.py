@@ -42,9 +42,15 @@ _SPEC: list[tuple[str, list[tuple[str, int, str, bool, str | None]]]] = [
             ("event", 4, _MESSAGE, False, ".google.protobuf.Any"),
         ],
     ),
-    # TaskStart, TaskExit, TaskDelete (container_id = 1) and ContainerDelete
-    # (id = 1): field 1 names the container in all four.
+    # TaskStart, TaskExit, TaskDelete (container_id = 1) and ContainerCreate,
+    # ContainerUpdate, ContainerDelete (id = 1): field 1 names the container
+    # in all six.
     ("ContainerRef", [("id", 1, _STRING, False, None)]),
+    # api/events/task.proto: the started task's process.
+    (
+        "TaskStart",
+        [("container_id", 1, _STRING, False, None), ("pid", 2, _UINT32, False, None)],
+    ),
     (
         "Process",
         [

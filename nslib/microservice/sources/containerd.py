@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from ...errors import DockerUnavailableError
@@ -44,7 +46,18 @@ POD_LABELS: Final = (
 )
 """Labels the CRI plugin sets on a pod's sandbox and containers."""
 
-_TOPICS: Final = ("/tasks/start", "/tasks/exit", "/tasks/delete", "/containers/delete")
+_TASK_START: Final = "/tasks/start"
+_TOPICS: Final = (
+    _TASK_START,
+    "/tasks/exit",
+    "/tasks/delete",
+    "/containers/create",
+    "/containers/update",
+    "/containers/delete",
+)
+# Topics after which what the cache holds of a container may be wrong.
+_CHANGES: Final = frozenset({"/containers/create", "/containers/update", "/containers/delete"})
+_CACHE_SIZE: Final = 4096  # containers whose static part is kept (a node runs fewer)
 _RUNNING: Final = (2, 4)  # task Status RUNNING, PAUSED: a process with a PID
 _NS_KEY: Final = "containerd-namespace"
 _INSTALL_HINT: Final = "ContainerdSource needs grpcio and protobuf: pip install 'nslib[containerd]'"
@@ -64,23 +77,36 @@ def _ts_ns(ts: Any) -> int:
 
 
 class _ContainerdEvents(EventStream):
-    def __init__(self, call: Any, grpc: Any) -> None:
+    def __init__(self, call: Any, grpc: Any, invalidate: Callable[[str | None], None]) -> None:
         self._call = call
         self._grpc = grpc
+        self._invalidate = invalidate
 
     def __iter__(self) -> Iterator[SourceEvent]:
         try:
             for env in self._call:
+                pid = 0
                 try:
-                    cid = M.ContainerRef.FromString(env.event.value).id
+                    if env.topic == _TASK_START:
+                        start = M.TaskStart.FromString(env.event.value)
+                        cid, pid = start.container_id, int(start.pid)
+                    else:
+                        cid = M.ContainerRef.FromString(env.event.value).id
                 except Exception:  # not the payload we know: nothing to follow
                     continue
                 if cid:
+                    if env.topic in _CHANGES:
+                        # Before the tracker sees the event: an inspect that
+                        # read the container earlier must not fill the cache.
+                        self._invalidate(cid)
                     t = _ts_ns(env.timestamp) if env.HasField("timestamp") else None
-                    yield SourceEvent(t, cid, env.topic)
+                    yield SourceEvent(t, cid, env.topic, pid)
         except self._grpc.RpcError as e:
             if e.code() != self._grpc.StatusCode.CANCELLED:
                 raise
+        finally:
+            # Changes made while no stream is open are never reported.
+            self._invalidate(None)
 
     def close(self) -> None:
         self._call.cancel()
@@ -90,10 +116,22 @@ class ContainerdSource(Source):
     """Follows one containerd namespace over containerd's gRPC API.
 
     Follows the event topics ``/tasks/start``, ``/tasks/exit``,
-    ``/tasks/delete`` and ``/containers/delete`` of *namespace*; containerd
-    keeps no event history, so every reconnection resyncs (one task list and
-    one container list).  The environment comes from the container's OCI
-    spec, labels from its containerd labels.
+    ``/tasks/delete`` and ``/containers/create``, ``/containers/update``,
+    ``/containers/delete`` of *namespace*; containerd keeps no event
+    history, so every reconnection resyncs (one task list and one container
+    list).  The environment comes from the container's OCI spec, labels from
+    its containerd labels.
+
+    A start costs no request when the container was seen before: the
+    ``/tasks/start`` event carries the task's PID, and what a container
+    says apart from its task (labels, environment, network, pod) only
+    changes with a ``/containers/update``.  So every container read
+    (an inspect, a resync, or the tracker's inspect on
+    ``/containers/create``, which ``ctr run`` and the CRI plugin send before
+    the task starts) is remembered, for up to 4,096 containers, until the
+    container is updated or deleted or the event stream breaks.  A start
+    of a container not remembered costs one ``Containers.Get`` instead of
+    an inspect's two requests in a row (the task's PID is in the event).
 
     Kubernetes (the CRI plugin, namespace ``k8s.io``): a pod is a *sandbox*
     container (label ``io.cri-containerd.kind=sandbox``) whose process holds
@@ -123,6 +161,7 @@ class ContainerdSource(Source):
     # with a /tasks/start of its own).
     end_actions = frozenset({"/tasks/exit", "/tasks/delete"})
     gone_actions = frozenset({"/containers/delete"})
+    start_actions = frozenset({_TASK_START})
 
     def __init__(
         self,
@@ -143,6 +182,12 @@ class ContainerdSource(Source):
         self._md = ((_NS_KEY, namespace),)
         self._lock = threading.Lock()
         self._channel: Any = None
+        # What a container says apart from its task, by ID (see _remember).
+        self._cache_lock = threading.Lock()
+        self._cache: OrderedDict[str, ContainerState] = OrderedDict()
+        self._generation = 0  # bumped by each invalidation
+        self._changed: OrderedDict[str, int] = OrderedDict()  # ID -> generation of its last change
+        self._forgotten = 0  # newest generation no longer in _changed
 
     @property
     def name(self) -> str:
@@ -186,7 +231,8 @@ class ContainerdSource(Source):
         except BaseException:
             call.cancel()
             raise
-        return _ContainerdEvents(call, self._grpc)
+        self._invalidate(None)  # what happened while no stream was open is unknown
+        return _ContainerdEvents(call, self._grpc, self._invalidate)
 
     def _wait_ready(self) -> None:
         grpc = self._grpc
@@ -199,14 +245,7 @@ class ContainerdSource(Source):
 
     def inspect(self, container_id: str) -> ContainerState:
         """Containers.Get plus Tasks.Get of the container."""
-        try:
-            c = self._unary(
-                CONTAINERS_GET, M.GetContainerRequest(id=container_id), M.GetContainerResponse
-            ).container
-        except Exception as e:
-            if self._not_found(e):
-                raise SourceNotFound(container_id) from e
-            raise
+        static = self._get_container(container_id)
         try:
             proc = self._unary(
                 TASKS_GET, M.GetTaskRequest(container_id=container_id), M.GetTaskResponse
@@ -215,7 +254,73 @@ class ContainerdSource(Source):
             if not self._not_found(e):
                 raise
             proc = None
-        return self._state(c, proc)
+        if proc is None or proc.status not in _RUNNING or proc.pid <= 0:
+            return dataclasses.replace(static, labels=dict(static.labels))
+        return _with_process(static, int(proc.pid))
+
+    def started(self, event: SourceEvent) -> ContainerState | None:
+        """The container's state from the ``/tasks/start`` event's PID and what is known of it.
+
+        Known: no request; else one Containers.Get (no Tasks.Get).
+        """
+        if event.pid <= 0:
+            return None
+        with self._cache_lock:
+            static = self._cache.get(event.container_id)
+            if static is not None:
+                self._cache.move_to_end(event.container_id)
+        if static is None:
+            try:
+                static = self._get_container(event.container_id)
+            except SourceNotFound:
+                return None  # deleted already: the inspect says so
+        return _with_process(static, event.pid)
+
+    def _get_container(self, container_id: str) -> ContainerState:
+        """Containers.Get: the container with no task (and remember it)."""
+        generation = self._generation
+        try:
+            c = self._unary(
+                CONTAINERS_GET, M.GetContainerRequest(id=container_id), M.GetContainerResponse
+            ).container
+        except Exception as e:
+            if self._not_found(e):
+                raise SourceNotFound(container_id) from e
+            raise
+        static = self._static(c)
+        self._remember({container_id: static}, generation)
+        return static
+
+    def _remember(self, statics: Mapping[str, ContainerState], generation: int) -> None:
+        """Cache *statics*, read after *generation*, unless the container changed since.
+
+        The event reader invalidates a container before the tracker sees the
+        event, while a worker may still be reading the container as it was:
+        that answer must not outlive the invalidation.
+        """
+        with self._cache_lock:
+            for cid, static in statics.items():
+                if max(self._changed.get(cid, 0), self._forgotten) > generation:
+                    continue  # changed (or possibly changed) since it was read
+                self._cache[cid] = static
+                self._cache.move_to_end(cid)
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def _invalidate(self, container_id: str | None) -> None:
+        """Forget what is known of *container_id* (None: of every container)."""
+        with self._cache_lock:
+            self._generation += 1
+            if container_id is None:
+                self._cache.clear()
+                self._changed.clear()
+                self._forgotten = self._generation
+                return
+            self._cache.pop(container_id, None)
+            self._changed[container_id] = self._generation
+            self._changed.move_to_end(container_id)
+            while len(self._changed) > _CACHE_SIZE:
+                self._forgotten = self._changed.popitem(last=False)[1]
 
     def list_running(self, label_key: str | None) -> list[str]:
         """The containers whose task runs (Tasks.List)."""
@@ -225,13 +330,16 @@ class ContainerdSource(Source):
     def sync(self, label_key: str | None) -> dict[str, ContainerState]:
         """One Tasks.List and one Containers.List, joined."""
         tasks = self._unary(TASKS_LIST, M.ListTasksRequest(), M.ListTasksResponse).tasks
-        running = {_task_id(t): t for t in tasks if t.status in _RUNNING and t.pid > 0}
+        running = {_task_id(t): int(t.pid) for t in tasks if t.status in _RUNNING and t.pid > 0}
         if not running:
             return {}
+        generation = self._generation
         containers = self._unary(
             CONTAINERS_LIST, M.ListContainersRequest(), M.ListContainersResponse
         ).containers
-        return {c.id: self._state(c, running[c.id]) for c in containers if c.id in running}
+        statics = {c.id: self._static(c) for c in containers if c.id in running}
+        self._remember(statics, generation)
+        return {cid: _with_process(st, running[cid]) for cid, st in statics.items()}
 
     def close(self) -> None:
         """Close the gRPC channel; later requests fail."""
@@ -254,7 +362,8 @@ class ContainerdSource(Source):
 
     # -- reading containerd's answers -----------------------------------------
 
-    def _state(self, c: Any, proc: Any) -> ContainerState:
+    def _static(self, c: Any) -> ContainerState:
+        """Container *c* with no process: what does not change while it exists."""
         labels = dict(c.labels)
         spec: Mapping[str, Any] = {}
         if c.spec.value:
@@ -265,8 +374,6 @@ class ContainerdSource(Source):
                 _log.warning("container %r: OCI spec is not JSON", c.id[:64])
         process = spec.get("process") or {}
         env = tuple(str(e) for e in (process.get("env") or ()))
-        running = proc is not None and proc.status in _RUNNING and proc.pid > 0
-        pid = int(proc.pid) if running else 0
         pod = None
         default_label = None
         if all(k in labels for k in POD_LABELS[:2]):
@@ -279,16 +386,27 @@ class ContainerdSource(Source):
         return ContainerState(
             container_id=c.id,
             name=labels.get("io.kubernetes.container.name") or c.id,
-            pid=pid,
-            running=running,
+            pid=0,
+            running=False,
             created_ns=_ts_ns(c.created_at),
-            started_at_ns=process_start_ns(pid) if running else 0,
+            started_at_ns=0,
             env=env,
             labels=labels,
             network_mode=_network_mode(spec),
             pod=pod,
             default_label=default_label,
         )
+
+
+def _with_process(static: ContainerState, pid: int) -> ContainerState:
+    """*static* with its task's process *pid* running."""
+    return dataclasses.replace(
+        static,
+        pid=pid,
+        running=True,
+        started_at_ns=process_start_ns(pid),
+        labels=dict(static.labels),  # each answer its own, as each inspect's
+    )
 
 
 def _task_id(t: Any) -> str:
