@@ -249,8 +249,30 @@ def test_state_files_off_or_out_of_sight(dockerd: Any, docker_client: Any, uniqu
         assert src._state_dir is None
         assert src.started(_start_event(c.id)) is None
         src.close()
+        # A client that wraps inspect_container (to see or change every
+        # inspect) keeps seeing the inspect of every start.
+        client.api.info = info
+        src = DockerSource(_WrappedClient(client))
+        src.subscribe(None, None).close()
+        assert src._state_dir is None
+        src.close()
     finally:
         client.close()
+
+
+class _WrappedClient:
+    def __init__(self, client: Any) -> None:
+        self._api = client.api
+
+    @property
+    def api(self) -> _WrappedClient:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._api, name)
+
+    def inspect_container(self, cid: str) -> Any:
+        return self._api.inspect_container(cid)
 
 
 # -- with a real tracker ---------------------------------------------------------------

@@ -120,8 +120,10 @@ class DockerSource(Source):
     by an inspect, as is a PID whose cgroup does not name the container (the
     tracker checks).  The root directory is asked from the daemon once per
     subscription (``GET /info``); the files are not used when the daemon is
-    not on a local unix socket or its ``containers`` directory is not there,
-    as for a tracker in a container given only the socket, or podman's
+    not on a local unix socket, when the client is not the SDK's own (a
+    wrapper or subclass that changes ``inspect_container`` sees every
+    inspect), or when the ``containers`` directory is not there, as for a
+    tracker in a container given only the socket, or podman's
     docker-compatible socket.
     """
 
@@ -201,8 +203,9 @@ class DockerSource(Source):
 
     def _find_state_dir(self, api: Any) -> str | None:
         """The daemon's ``containers`` directory, if this process sees it; else None."""
-        # A remote daemon's root is a path on another host.
-        if str(getattr(api, "base_url", "")) != "http+docker://localhost":
+        # A remote daemon's root is a path on another host; a client that
+        # wraps or changes inspect_container is there to see every inspect.
+        if _plain_socket_path(api) is None:
             return None
         try:
             root = api.info().get("DockerRootDir")
@@ -320,11 +323,20 @@ def _unix_socket(api: Any) -> tuple[UnixHTTP | None, str]:
     ``(None, "")`` for anything else (TLS, ssh, a wrapper or a subclass that
     changes ``inspect_container``): those go through the SDK.
     """
+    path = _plain_socket_path(api)
+    version = getattr(api, "_version", None)
+    if path is None or not isinstance(version, str):
+        return None, ""
+    timeout = api.timeout if isinstance(api.timeout, int | float) else _CLIENT_TIMEOUT
+    return UnixHTTP(path, timeout), version
+
+
+def _plain_socket_path(api: Any) -> str | None:
+    """The socket of a plain SDK ``APIClient`` on a local unix socket; else None."""
     import docker
     from docker.transport import UnixHTTPAdapter
 
     adapter = getattr(api, "_custom_adapter", None)
-    version = getattr(api, "_version", None)
     path = getattr(adapter, "socket_path", None)
     if (
         not isinstance(api, docker.APIClient)
@@ -332,11 +344,9 @@ def _unix_socket(api: Any) -> tuple[UnixHTTP | None, str]:
         or getattr(api, "base_url", None) != "http+docker://localhost"
         or not isinstance(adapter, UnixHTTPAdapter)
         or not isinstance(path, str)
-        or not isinstance(version, str)
     ):
-        return None, ""
-    timeout = api.timeout if isinstance(api.timeout, int | float) else _CLIENT_TIMEOUT
-    return UnixHTTP(path, timeout), version
+        return None
+    return path
 
 
 def _read_state_file(dfd: int, name: str) -> Any:
