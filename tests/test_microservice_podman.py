@@ -262,7 +262,8 @@ class Collected:
             self.q.put((ev.action, ev.container_id, ev.time_ns))
 
     def actions(self, cid: str) -> list[str]:
-        return [a for a, c, _ in self.seen if c == cid]
+        # create and rename only keep the source's memory of a container fresh.
+        return [a for a, c, _ in self.seen if c == cid and a not in ("create", "rename")]
 
     def wait(self, cid: str, actions: list[str], timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

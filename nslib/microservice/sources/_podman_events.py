@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import glob
 import json
 import os
@@ -176,14 +177,21 @@ def events_file_for(url: str) -> str | None:
 # -- reading it ------------------------------------------------------------------
 
 
-_WANTED: Final = tuple(f'"{a}"'.encode() for a in sorted(ACTIONS))
+@functools.cache
+def _wanted(actions: frozenset[str]) -> tuple[bytes, ...]:
+    return tuple(f'"{a}"'.encode() for a in sorted(actions))
 
 
-def parse_line(line: bytes, label_key: str | None) -> SourceEvent | None:
-    """One line of the log as a :class:`SourceEvent`, or None (not one we report)."""
+def parse_line(
+    line: bytes, label_key: str | None, actions: frozenset[str] = ACTIONS
+) -> SourceEvent | None:
+    """One line of the log as a :class:`SourceEvent`, or None (not one we report).
+
+    :param actions: The container statuses reported.
+    """
     # Most lines are "sync" events (podman logs one per inspect): rejected
     # before decoding.  Only a shortcut: the decoded fields decide.
-    if not any(w in line for w in _WANTED):
+    if not any(w in line for w in _wanted(actions)):
         return None
     try:
         ev = json.loads(line)
@@ -193,7 +201,7 @@ def parse_line(line: bytes, label_key: str | None) -> SourceEvent | None:
         return None
     action = ev.get("Status")
     cid = ev.get("ID")
-    if action not in ACTIONS or not isinstance(cid, str) or not HEX_ID.fullmatch(cid):
+    if action not in actions or not isinstance(cid, str) or not HEX_ID.fullmatch(cid):
         return None
     if label_key is not None:
         attrs = ev.get("Attributes")
@@ -244,6 +252,7 @@ class FileEvents(EventStream):
     :param guard: An open stream of the podman service; when it ends (the
         service stopped), this stream ends too, so that the tracker resyncs
         once the service answers again.  Closed with this stream.
+    :param actions: The container statuses reported (default :data:`ACTIONS`).
     :raises OSError: the directory cannot be watched, or the file exists
         and cannot be read (e.g. ``PermissionError``).
     """
@@ -254,8 +263,11 @@ class FileEvents(EventStream):
         since_ns: int | None,
         label_key: str | None,
         guard: LineStream | None = None,
+        *,
+        actions: frozenset[str] = ACTIONS,
     ) -> None:
         self.path = path
+        self._actions = actions
         self._since = since_ns
         self._label_key = label_key
         self._guard = guard
@@ -360,7 +372,7 @@ class FileEvents(EventStream):
                 self._skip_partial = True
             self._buf = rest
             for line in lines:
-                ev = parse_line(line, self._label_key) if line.strip() else None
+                ev = parse_line(line, self._label_key, self._actions) if line.strip() else None
                 if ev is None:
                     continue
                 t = ev.time_ns
