@@ -24,10 +24,13 @@ from typing import Any
 
 import pytest
 from helpers import missing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mshelpers import EventLog, Tracked, wait_equal, wait_until, winners
 
 from nslib.microservice import ContainerdSource, MicroserviceTracker
-from nslib.microservice.sources import SourceEvent
+from nslib.microservice.sources import ContainerState, SourceEvent
+from nslib.microservice.sources import containerd as containerd_module
 from nslib.microservice.sources._containerd_api import CONTAINERS_GET
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
@@ -150,14 +153,14 @@ def test_started_equals_inspect_default(
         cleanup.append((shared, "default"))
         for cid in (by_env, by_key, shared):
             check_started(ctrd, "default", events.wait(cid, START))
-        st = ContainerdSource(ctrd.address, "default")
+        look = ContainerdSource(ctrd.address, "default")
         try:
-            assert st.inspect(by_env).network_mode == "default"
-            assert st.inspect(shared).network_mode.startswith("netns:/proc/")
-            assert st.inspect(by_key).labels[LABEL_KEY] == f"{unique}-k"
-            assert f"{LABEL_ENV}={unique}" in st.inspect(by_env).env
+            assert look.inspect(by_env).network_mode == "default"
+            assert look.inspect(shared).network_mode.startswith("netns:/proc/")
+            assert look.inspect(by_key).labels[LABEL_KEY] == f"{unique}-k"
+            assert f"{LABEL_ENV}={unique}" in look.inspect(by_env).env
         finally:
-            st.close()
+            look.close()
     finally:
         events.close()
         events.source.close()
@@ -197,14 +200,14 @@ def test_started_equals_inspect_kubernetes_pod(
         cleanup.append((app, K8S))
         for cid in (sandbox, app):
             check_started(ctrd, K8S, events.wait(cid, START), pod_names=True)
-        st = ContainerdSource(ctrd.address, K8S, pod_names=True)
+        look = ContainerdSource(ctrd.address, K8S, pod_names=True)
         try:
-            pod = st.inspect(sandbox)
+            pod = look.inspect(sandbox)
             assert pod.default_label == f"shop/{unique}" == pod.pod
             assert pod.labels["nslib/ms"] == f"{unique}-ann" and pod.labels["app"] == "frontend"
-            assert st.inspect(app).name == "app" and st.inspect(app).pod == f"shop/{unique}"
+            assert look.inspect(app).name == "app" and look.inspect(app).pod == f"shop/{unique}"
         finally:
-            st.close()
+            look.close()
     finally:
         events.close()
         events.source.close()
@@ -306,11 +309,11 @@ class WrongPid(ContainerdSource):
         self.answered = 0
 
     def started(self, event: SourceEvent) -> Any:
-        st = super().started(event)
-        if st is None:
+        state = super().started(event)
+        if state is None:
             return None
         self.answered += 1
-        return replace(st, pid=os.getpid())
+        return replace(state, pid=os.getpid())
 
 
 def test_tracker_rejects_a_wrong_pid(ctrd: Any, unique: str) -> None:
@@ -389,3 +392,54 @@ def test_a_fill_racing_an_update_is_not_remembered(
     finally:
         events.close()
         src.close()
+
+
+# -- the remembered containers, without a daemon ----------------------------------
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("read"), st.integers(0, 3)),
+        st.tuples(st.just("fill"), st.integers(0, 7)),
+        st.tuples(st.just("change"), st.integers(0, 3)),
+        st.tuples(st.just("reconnect"), st.just(0)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS, size=st.sampled_from([2, 4096]))
+def test_remembered_never_older_than_a_change(ops: list[tuple[str, int]], size: int) -> None:
+    """Reads, changes (the event reader's invalidations) and fills in any order:
+    what the source remembers of a container is never older than its last change,
+    and a read that no change overtook is remembered (while nothing is evicted)."""
+    src = ContainerdSource("/nonexistent/containerd.sock")
+    version = [0, 0, 0, 0]  # of each container, bumped by a change
+    pending: list[tuple[int, int, int]] = []  # reads in flight: (container, version, generation)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(containerd_module, "_CACHE_SIZE", size)
+        for op, arg in ops:
+            if op == "read":
+                pending.append((arg, version[arg], src._generation))
+            elif op == "change":
+                version[arg] += 1
+                src._invalidate(f"c{arg}")
+            elif op == "reconnect":
+                src._invalidate(None)
+            elif pending:
+                i, v, generation = pending.pop(arg % len(pending))
+                state = ContainerState(
+                    container_id=f"c{i}",
+                    name="",
+                    pid=0,
+                    running=False,
+                    created_ns=v,
+                    started_at_ns=0,
+                )
+                src._remember({f"c{i}": state}, generation)
+                if v == version[i] and size > len(version) and not src._forgotten > generation:
+                    assert src._cache[f"c{i}"].created_ns == v
+            for cid, state in src._cache.items():
+                assert state.created_ns == version[int(cid[1:])], (cid, ops)
+            assert len(src._cache) <= size and len(src._changed) <= size
+    src.close()
