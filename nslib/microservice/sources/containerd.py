@@ -259,9 +259,11 @@ class ContainerdSource(Source):
         return _with_process(static, int(proc.pid))
 
     def started(self, event: SourceEvent) -> ContainerState | None:
-        """The container's state from the ``/tasks/start`` event's PID and what is known of it.
+        """The state from the ``/tasks/start`` event's PID and the container as last read.
 
-        Known: no request; else one Containers.Get (no Tasks.Get).
+        No request when the container is remembered, else one
+        Containers.Get (the event gives the PID: no Tasks.Get).  None when
+        the event has no PID or the container is gone.
         """
         if event.pid <= 0:
             return None
