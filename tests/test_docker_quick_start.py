@@ -97,6 +97,7 @@ def test_started_equals_inspect_for_each_shape(
         ),
         "none": run(docker_client, f"{unique}-n", network="none"),
         "bridge": run(docker_client, f"{unique}-b", network="bridge"),
+        "default": run(docker_client, f"{unique}-d", network="default"),
         "container": run(docker_client, f"{unique}-c", network=f"container:{other.id}"),
         "unlabelled": run(docker_client, None),
     }
