@@ -17,9 +17,18 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["CONTAINERS_GET", "CONTAINERS_LIST", "EVENTS_SUBSCRIBE", "TASKS_GET", "TASKS_LIST", "M"]
+__all__ = [
+    "CONTAINERS_GET",
+    "CONTAINERS_LIST",
+    "EVENTS_PUBLISH",
+    "EVENTS_SUBSCRIBE",
+    "TASKS_GET",
+    "TASKS_LIST",
+    "M",
+]
 
 EVENTS_SUBSCRIBE = "/containerd.services.events.v1.Events/Subscribe"
+EVENTS_PUBLISH = "/containerd.services.events.v1.Events/Publish"
 TASKS_LIST = "/containerd.services.tasks.v1.Tasks/List"
 TASKS_GET = "/containerd.services.tasks.v1.Tasks/Get"
 CONTAINERS_GET = "/containerd.services.containers.v1.Containers/Get"
@@ -33,6 +42,14 @@ _classes: dict[str, Any] = {}
 _STRING, _UINT32, _INT32, _MESSAGE = "string", "uint32", "int32", "message"
 _SPEC: list[tuple[str, list[tuple[str, int, str, bool, str | None]]]] = [
     ("SubscribeRequest", [("filters", 1, _STRING, True, None)]),
+    (
+        "PublishRequest",
+        [
+            ("topic", 1, _STRING, False, None),
+            ("event", 2, _MESSAGE, False, ".google.protobuf.Any"),
+        ],
+    ),
+    ("Empty", []),  # google.protobuf.Empty's wire form
     (
         "Envelope",
         [
