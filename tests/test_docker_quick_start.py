@@ -214,6 +214,7 @@ def test_started_refuses_doubtful_files(
             src.subscribe(None, None).close()
             assert src._state_dir == path
 
+        src.inspect(c.id)  # the kept-alive connection the files' check inspects on
         fds = open_fds()
         for i, (what, spoil) in enumerate([("intact", lambda d: None), *_SPOILERS.items()]):
             root = tmp_path / str(i)
@@ -235,6 +236,29 @@ def test_started_refuses_doubtful_files(
             assert src.started(_start_event(bad)) is None, bad
         assert open_fds() <= fds, "started() left an fd open"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_files_that_disagree_with_inspect_are_turned_off(
+    dockerd: Any, docker_client: Any, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A daemon whose files say something its inspect does not (here: one more
+    variable in the environment) is caught by the first start of a
+    subscription: the answer is the inspect's, and its files are not read again."""
+    caplog.set_level(logging.WARNING, "nslib")
+    c = run(docker_client, unique)
+    with _source(dockerd) as real:
+        real_dir = real._state_dir
+        assert real_dir is not None
+        want = real.inspect(c.id)
+    with _source(dockerd, _RootedSource) as src:
+        d = _copy_state(real_dir, c.id, tmp_path)
+        _edit_config(d, lambda cfg: cfg["Config"]["Env"].append("EXTRA=1"))
+        src.state_dir = str(tmp_path / "containers")
+        src.subscribe(None, None).close()
+        assert src.started(_start_event(c.id)) == want
+        assert src._state_dir is None
+        assert src.started(_start_event(c.id)) is None
+    assert [r for r in caplog.records if "do not match" in r.getMessage()]
 
 
 def test_state_files_off_or_out_of_sight(dockerd: Any, docker_client: Any, unique: str) -> None:

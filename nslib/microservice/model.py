@@ -342,7 +342,7 @@ class TrackerHealth:
     process_exits: int = 0
     """Stops seen first through a container process's pidfd (before any daemon event)."""
     starts_without_inspect: int = 0
-    """Starts applied from what the source knew (see ``Source.started``), without an inspect."""
+    """Starts the source answered itself (``Source.started``) instead of an inspect."""
 
 
 def runs_in_container(pid: int, container_id: str) -> bool:

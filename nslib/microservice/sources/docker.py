@@ -138,6 +138,9 @@ class DockerSource(Source):
         self._state_files = state_files
         # "<DockerRootDir>/containers" of the current subscription, or None.
         self._state_dir: str | None = None
+        # The files' first answer in a subscription is checked against an
+        # inspect (a daemon whose files say something else turns them off).
+        self._files_checked = False
         # Inspects over the client's own unix socket without the SDK's
         # layers (a third of its CPU time, and a connection per worker).
         self._raw: tuple[Any, UnixHTTP | None, str] | None = None  # (api, http, version)
@@ -185,6 +188,7 @@ class DockerSource(Source):
         # Before the stream: its starts are read in the directory of the
         # daemon that sends them (another one may answer after a restart).
         self._state_dir = self._find_state_dir(api) if self._state_files else None
+        self._files_checked = False
         filters: dict[str, Any] = {"type": "container", "event": _EVENTS}
         if label_key is not None:
             filters["label"] = label_key
@@ -270,7 +274,34 @@ class DockerSource(Source):
             "HostConfig": host_config,
         }
         st = state_from_inspect(info)
-        return st if st.running else None
+        if not st.running:
+            return None
+        if not self._files_checked:
+            return self._check_files(st)
+        return st
+
+    def _check_files(self, st: ContainerState) -> ContainerState | None:
+        """Compare the files' first answer with an inspect; turn them off if they differ.
+
+        A daemon version whose files and inspect disagree (a field renamed,
+        a value rewritten on the way out) would otherwise give a different
+        run at every resync.  Costs one inspect per subscription.
+        """
+        try:
+            truth = self.inspect(st.container_id)
+        except Exception:
+            return None  # the tracker's own inspect decides, and says why
+        if not truth.running or truth.pid != st.pid:
+            return truth if truth.running else None  # it moved on: check the next one
+        if truth != st:
+            _log.warning(
+                "docker's state files do not match its inspect answer; "
+                "starts are inspected from now on"
+            )
+            self._state_dir = None
+            return truth
+        self._files_checked = True
+        return st
 
     def inspect(self, container_id: str) -> ContainerState:
         """``inspect`` of the container (see :class:`Source`)."""
