@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -164,6 +165,50 @@ def test_what_an_inspect_saw_before_a_rename_is_not_kept(
     st = source.inspect(cid)
     assert source.started(start_event(cid)) == st
     podman.cli("rm", "-f", "-t", "0", cid)
+
+
+@pytest.mark.parametrize("via", ["file", "api"])
+def test_the_stream_forgets_a_renamed_or_removed_container_before_passing_it_on(
+    podman: Any, unique: str, via: str
+) -> None:
+    """Whoever acts on a rename or a remove finds the container forgotten already."""
+    src = PodmanSource(podman.url, events_file="auto" if via == "file" else None)
+    stream = src.subscribe(None, None)
+    seen: list[tuple[str, bool]] = []  # (action, remembered when it came)
+    cid = ""
+
+    def read() -> None:
+        for ev in stream:
+            if ev.container_id == cid:
+                seen.append((ev.action, cid in src._known))
+                if ev.action == "remove":
+                    return
+
+    reader = threading.Thread(target=read, daemon=True)
+    try:
+        cid = create(podman, unique)
+        reader.start()
+        podman.cli("start", cid)
+        wait_until(lambda: ("start", False) in seen, 15, "the start")
+        src.inspect(cid)
+        assert src.started(start_event(cid)) is not None
+        podman.cli("rename", cid, f"{podman.inspect(cid)['Name']}-renamed")
+        wait_until(lambda: [a for a, _ in seen][-1] == "rename", 15, "the rename")
+        src.inspect(cid)
+        assert cid in src._known
+        podman.cli("rm", "-f", "-t", "0", cid)
+        reader.join(20)
+        assert [s for s in seen if s[0] in ("rename", "remove")] == [
+            ("rename", False),
+            ("remove", False),
+        ]
+    finally:
+        stream.close()
+        if reader.is_alive():
+            reader.join(10)
+        src.close()
+        if cid:
+            podman.cli("rm", "-f", "-t", "0", cid, check=False)
 
 
 def test_inspect_of_a_stopped_container_reports_no_run(

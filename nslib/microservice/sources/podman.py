@@ -258,6 +258,9 @@ class PodmanSource(Source):
                 _log.info(
                     "podman events file not usable (%s): using the API stream", e.strerror or e
                 )
+            except BaseException:
+                guard.close()
+                raise
             else:
                 self._events_via = path
                 return _Forgetting(stream, self._forget)
