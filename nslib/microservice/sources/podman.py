@@ -180,8 +180,9 @@ class PodmanSource(Source):
     start is then answered from those files (regular files owned by root,
     or by this process's user, not symbolic links); anything missing or
     odd, and a PID whose cgroup does not name the container (the tracker
-    checks), is answered by an inspect.  What is remembered is dropped on ``rename``
-    and ``remove``, on a new subscription, and beyond 4096 containers.
+    checks), is answered by an inspect.  What is remembered is dropped on
+    ``rename`` and ``remove``, on a new subscription, and beyond 4096
+    containers.
 
     Podman's own ``StartedAt`` is in its database only, so
     ``Microservice.started_at`` of a podman container is its process's
