@@ -267,6 +267,30 @@ def dockerd() -> Iterator[object]:
         yield d
 
 
+@pytest.fixture(scope="module")
+def podman(dockerd: Any) -> Iterator[Any]:
+    """A private podman service per test module, with the test image from the private dockerd."""
+    if shutil.which("podman") is None:
+        missing("needs podman (scripts/host-setup.sh installs it)")
+    from podmand import PrivatePodman
+
+    with PrivatePodman() as p:
+        p.load_image_from_docker(dockerd.base_url)
+        yield p
+
+
+@pytest.fixture(scope="module")
+def ctrd(dockerd: Any) -> Iterator[Any]:
+    """A private containerd per test module, with the test image in ``default`` and ``k8s.io``."""
+    if shutil.which("ctr") is None or shutil.which("containerd") is None:
+        missing("needs containerd and ctr (docker.io installs them)")
+    from containerd_harness import PrivateContainerd
+
+    with PrivateContainerd() as c:
+        c.import_image_from_docker(dockerd.base_url, ["default", "k8s.io"])
+        yield c
+
+
 @pytest.fixture
 def docker_client(dockerd: Any) -> Iterator[Any]:
     """A client of the session's private dockerd; test containers removed afterwards."""

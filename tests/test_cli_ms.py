@@ -16,12 +16,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import missing
 
 pytestmark = [pytest.mark.root, pytest.mark.docker]
 
@@ -62,28 +60,6 @@ def nowhere(tmp: Path) -> dict[str, str]:
         "CONTAINER_HOST": f"unix://{tmp}/no-podman.sock",
         "CONTAINERD_ADDRESS": f"{tmp}/no-containerd.sock",
     }
-
-
-@pytest.fixture(scope="module")
-def podman(dockerd: Any) -> Iterator[Any]:
-    if shutil.which("podman") is None:
-        missing("needs podman (scripts/host-setup.sh installs it)")
-    from podmand import PrivatePodman
-
-    with PrivatePodman() as p:
-        p.load_image_from_docker(dockerd.base_url)
-        yield p
-
-
-@pytest.fixture(scope="module")
-def ctrd(dockerd: Any) -> Iterator[Any]:
-    if shutil.which("ctr") is None or shutil.which("containerd") is None:
-        missing("needs containerd and ctr (docker.io installs them)")
-    from containerd_harness import PrivateContainerd
-
-    with PrivateContainerd() as c:
-        c.import_image_from_docker(dockerd.base_url, ["default", "k8s.io"])
-        yield c
 
 
 def ls_json(*args: str, env: dict[str, str]) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from helpers import missing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mshelpers import EventLog, Tracked, wait_equal, wait_until, winners
@@ -39,18 +37,6 @@ LABEL_ENV = "MICROSERVICE_LABEL"
 LABEL_KEY = "org.nslib.ms"
 K8S = "k8s.io"
 START = "/tasks/start"
-
-
-@pytest.fixture(scope="module")
-def ctrd(dockerd: Any) -> Iterator[Any]:
-    """A private containerd with the test image in ``default`` and ``k8s.io``."""
-    if shutil.which("ctr") is None or shutil.which("containerd") is None:
-        missing("needs containerd and ctr (docker.io installs them)")
-    from containerd_harness import PrivateContainerd
-
-    with PrivateContainerd() as c:
-        c.import_image_from_docker(dockerd.base_url, ["default", K8S])
-        yield c
 
 
 class Counting(ContainerdSource):

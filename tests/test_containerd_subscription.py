@@ -22,7 +22,7 @@ from nslib.microservice.sources.base import SourceEvent
 
 
 @pytest.fixture(scope="module")
-def ctrd() -> Iterator[Any]:
+def bare_ctrd() -> Iterator[Any]:
     """A private containerd (no image needed: the events are published here)."""
     if shutil.which("containerd") is None:
         missing("needs containerd (docker.io installs it)")
@@ -56,12 +56,12 @@ def _first_event(stream: Any, timeout: float) -> SourceEvent | None:
     return got[0] if got else None
 
 
-def test_an_event_right_after_subscribe_is_never_lost(ctrd: Any) -> None:
+def test_an_event_right_after_subscribe_is_never_lost(bare_ctrd: Any) -> None:
     # Before the mark, about 1 in 5 of these was never delivered.
-    other = ContainerdSource(ctrd.address, "default")
+    other = ContainerdSource(bare_ctrd.address, "default")
     try:
         for i in range(60):
-            src = ContainerdSource(ctrd.address, "default")
+            src = ContainerdSource(bare_ctrd.address, "default")
             try:
                 stream = src.subscribe(None, None)
                 _publish_delete(other, f"gap{i}")
@@ -74,10 +74,10 @@ def test_an_event_right_after_subscribe_is_never_lost(ctrd: Any) -> None:
         other.close()
 
 
-def test_marks_are_not_events_and_subscribers_do_not_confuse_each_other(ctrd: Any) -> None:
+def test_marks_are_not_events_and_subscribers_do_not_confuse_each_other(bare_ctrd: Any) -> None:
     # Several subscribers confirm at once, each on its own mark; a mark is
     # never passed on as a container event.
-    sources = [ContainerdSource(ctrd.address, "default") for _ in range(4)]
+    sources = [ContainerdSource(bare_ctrd.address, "default") for _ in range(4)]
     streams: list[Any] = [None] * len(sources)
     errors: list[BaseException] = []
 
@@ -104,12 +104,12 @@ def test_marks_are_not_events_and_subscribers_do_not_confuse_each_other(ctrd: An
             s.close()
 
 
-def test_another_namespace_does_not_confirm(ctrd: Any) -> None:
+def test_another_namespace_does_not_confirm(bare_ctrd: Any) -> None:
     # The mark goes to the subscriber's own namespace; a subscriber of
     # another namespace is confirmed by its own mark, and sees no event of
     # this one.
-    a = ContainerdSource(ctrd.address, "default")
-    b = ContainerdSource(ctrd.address, "nslib-other")
+    a = ContainerdSource(bare_ctrd.address, "default")
+    b = ContainerdSource(bare_ctrd.address, "nslib-other")
     try:
         sb = b.subscribe(None, None)
         _publish_delete(a, "in-default")

@@ -9,7 +9,6 @@ Each scenario ends with the tracker's map equal to containerd's own listing
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import threading
 import time
@@ -17,7 +16,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import missing
 from mshelpers import HOST_NS, EventLog, Tracked, ns_of_pid, wait_equal, wait_until, winners
 
 from nslib.microservice import ContainerdSource, MicroserviceTracker
@@ -26,18 +24,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.root]
 
 LABEL_ENV = "MICROSERVICE_LABEL"
 K8S = "k8s.io"
-
-
-@pytest.fixture(scope="module")
-def ctrd(dockerd: Any) -> Iterator[Any]:
-    """A private containerd with the test image in ``default`` and ``k8s.io``."""
-    if shutil.which("ctr") is None or shutil.which("containerd") is None:
-        missing("needs containerd and ctr (docker.io installs them)")
-    from containerd_harness import PrivateContainerd
-
-    with PrivateContainerd() as c:
-        c.import_image_from_docker(dockerd.base_url, ["default", K8S])
-        yield c
 
 
 def ctr_truth(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import missing
 from mshelpers import (
     HOST_NS,
     EventLog,
@@ -37,18 +35,6 @@ from nslib.microservice.sources._podman_events import events_file_for
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 
 LABEL_ENV = "MICROSERVICE_LABEL"
-
-
-@pytest.fixture(scope="module")
-def podman(dockerd: Any) -> Iterator[Any]:
-    """A private podman service with the test image (moved over from the private dockerd)."""
-    if shutil.which("podman") is None:
-        missing("needs podman (scripts/host-setup.sh installs it)")
-    from podmand import PrivatePodman
-
-    with PrivatePodman() as p:
-        p.load_image_from_docker(dockerd.base_url)
-        yield p
 
 
 def podman_truth(p: Any) -> dict[str, tuple[str, int]]:

@@ -11,7 +11,6 @@ the same result.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -19,7 +18,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from helpers import missing
 from mshelpers import EventLog, Tracked, wait_until
 
 from nslib.microservice import MicroserviceTracker, PodmanSource
@@ -29,18 +27,6 @@ from nslib.microservice.sources.base import SourceEvent, process_start_ns
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 
 LABEL_ENV = "MICROSERVICE_LABEL"
-
-
-@pytest.fixture(scope="module")
-def podman(dockerd: Any) -> Iterator[Any]:
-    """A private podman service with the test image (moved over from the private dockerd)."""
-    if shutil.which("podman") is None:
-        missing("needs podman (scripts/host-setup.sh installs it)")
-    from podmand import PrivatePodman
-
-    with PrivatePodman() as p:
-        p.load_image_from_docker(dockerd.base_url)
-        yield p
 
 
 def create(
