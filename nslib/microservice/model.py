@@ -84,7 +84,10 @@ class Microservice:
     created_ns: int
     """``Created`` in nanoseconds since the epoch (full precision)."""
     started_at_ns: int
-    """``State.StartedAt`` of this run, in nanoseconds since the epoch."""
+    """When this run started, in nanoseconds since the epoch: docker's
+    ``State.StartedAt``; for podman and containerd the process's own start
+    time (to the clock tick), which a start can be answered with without
+    asking the runtime."""
     network_mode: str = "default"
     source: str = "docker"
     """The runtime it comes from: ``docker``, ``podman`` or ``containerd:<namespace>``."""
